@@ -1,0 +1,4 @@
+"""covid-imaging
+"""
+
+__version__ = "0.1"
