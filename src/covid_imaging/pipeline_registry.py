@@ -1,16 +1,35 @@
-"""Project pipelines."""
+"""Project pipelines.
+
+``data_preparation`` = demo data (when enabled) → ingestion → splits → preprocessing.
+Model pipelines are prefixed with it, so ``kedro run --pipeline=segmentation`` runs
+from raw files to evaluated models.
+"""
+
 from __future__ import annotations
 
-from kedro.framework.project import find_pipelines
 from kedro.pipeline import Pipeline
+
+from covid_imaging.pipelines import demo_data, ingestion, preprocessing, splits
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    """Register the project's pipelines.
+    """Register the project's pipelines."""
+    demo = demo_data.create_pipeline()
+    data_preparation = (
+        demo + ingestion.create_pipeline() + splits.create_pipeline() + preprocessing.create_pipeline()
+    )
+    pipelines: dict[str, Pipeline] = {
+        "demo_data": demo,
+        "ingestion": ingestion.create_pipeline(),
+        "splits": splits.create_pipeline(),
+        "preprocessing": preprocessing.create_pipeline(),
+        "data_preparation": data_preparation,
+    }
+    try:
+        from covid_imaging.pipelines import segmentation
 
-    Returns:
-        A mapping from pipeline names to ``Pipeline`` objects.
-    """
-    pipelines = find_pipelines(raise_errors=True)
-    pipelines["__default__"] = sum(pipelines.values())
+        pipelines["segmentation"] = data_preparation + segmentation.create_pipeline()
+    except (ImportError, AttributeError):  # TEMP until the segmentation pipeline lands
+        pass
+    pipelines["__default__"] = data_preparation
     return pipelines

@@ -1,0 +1,1 @@
+"""Project datasets: atomic writes and raw-byte access through fsspec (local or Azure)."""

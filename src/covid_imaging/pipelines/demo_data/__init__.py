@@ -1,0 +1,5 @@
+"""demo_data pipeline."""
+
+from .pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]

@@ -1,0 +1,5 @@
+"""ingestion pipeline."""
+
+from .pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]

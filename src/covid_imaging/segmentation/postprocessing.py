@@ -1,0 +1,227 @@
+"""Post-processing of a lung probability map into a clean binary lung mask.
+
+Steps (each can be switched off with ``enabled: false``)::
+
+    global threshold  (Otsu, or a fixed value)      \\
+                                                      union -> dilation -> closing
+    local threshold   (cv2.adaptiveThreshold)       /
+        -> area filter (drop small connected components) -> keep the N largest
+
+Pixel sizes (local block size, morphology iterations, minimum area) are given
+at ``reference_size`` x ``reference_size`` and scaled to the map actually
+processed, so one parameter set serves 256 px and 512 px models alike: lengths
+scale with the side ratio, the area with the area ratio.
+
+Defaults versus the reference implementation (``REFERENCE_POSTPROCESSING_PARAMS``):
+
+- ``area_filter.min_area_px``: 5,000 px at 512x512 instead of the reference
+  50,000. On the 200 Shenzhen masks (512x512, two lungs each) the lungs cover
+  9,032-57,452 px (median 32,361; 391 of the 400 are below 50,000), so the
+  reference threshold deletes almost every real lung. 5,000 px (1.9 % of the
+  image) stays below the smallest real lung by a factor of 1.8 and still drops
+  typical false-positive blobs (the largest stray mask component is 65 px).
+- ``dilation.iterations``: 2 instead of 8. Eight 3x3 dilations grow every lung
+  outline by 8 px and cost about 0.09 Dice on a perfect prediction; two cost
+  about 0.02 while still bridging small gaps before the closing.
+- ``local_threshold.offset``: negative, see ``local_threshold_mask``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import cv2
+import numpy as np
+from skimage.filters import threshold_otsu
+
+from covid_imaging.segmentation._params import merge_params
+
+DEFAULT_POSTPROCESSING_PARAMS: dict[str, Any] = {
+    "reference_size": 512,
+    "global_threshold": {
+        "enabled": True,
+        "method": "otsu",  # "otsu" or "fixed"
+        "value": 0.5,  # used by "fixed"
+        # Floor for the Otsu threshold: a map with no lung response has no
+        # bimodal histogram and Otsu would split its noise floor.
+        "min_value": 0.1,
+    },
+    "local_threshold": {
+        "enabled": True,
+        "block_size": 101,  # odd, px at reference_size
+        "offset": -10.0,  # on the 0-255 scale; negative, see local_threshold_mask
+        "method": "mean",  # "mean" or "gaussian" neighbourhood
+    },
+    "kernel_size": 3,
+    "dilation": {"enabled": True, "iterations": 2},
+    "closing": {"enabled": True, "iterations": 2},
+    "area_filter": {"enabled": True, "min_area_px": 5000},
+    "keep_largest": {"enabled": True, "count": 2},
+}
+
+# The values of the reference implementation, for comparison runs.
+REFERENCE_POSTPROCESSING_PARAMS: dict[str, Any] = merge_params(
+    DEFAULT_POSTPROCESSING_PARAMS,
+    {
+        "dilation": {"iterations": 8},
+        "closing": {"iterations": 2},
+        "area_filter": {"min_area_px": 50000},
+        "keep_largest": {"enabled": False},
+    },
+    where="postprocessing",
+)
+
+_ADAPTIVE_METHODS = {
+    "mean": cv2.ADAPTIVE_THRESH_MEAN_C,
+    "gaussian": cv2.ADAPTIVE_THRESH_GAUSSIAN_C,
+}
+
+
+def resolve_postprocessing_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Merge ``params`` over ``DEFAULT_POSTPROCESSING_PARAMS`` (unknown keys raise)."""
+    return merge_params(DEFAULT_POSTPROCESSING_PARAMS, params, where="postprocessing")
+
+
+def _side_ratio(shape: tuple[int, ...], reference_size: int) -> float:
+    """Geometric-mean side of ``shape`` relative to ``reference_size``."""
+    return float(np.sqrt(shape[0] * shape[1])) / float(reference_size)
+
+
+def scaled_min_area(min_area_px: float, reference_size: int, shape: tuple[int, ...]) -> float:
+    """Minimum component area for an image of ``shape``, given ``min_area_px`` at ``reference_size``².
+
+    Example: 5,000 px at 512x512 is 1,250 px at 256x256.
+    """
+    return float(min_area_px) * (shape[0] * shape[1]) / float(reference_size) ** 2
+
+
+def scaled_length(length_px: int, reference_size: int, shape: tuple[int, ...], odd: bool = False) -> int:
+    """A length (block size, iterations) given at ``reference_size`` scaled to ``shape``.
+
+    Non-zero lengths stay at least 1 (at least 3 when ``odd``), so shrinking the
+    image never silently switches a step off.
+    """
+    if length_px <= 0:
+        return 0
+    scaled = max(1, round(length_px * _side_ratio(shape, reference_size)))
+    if odd:
+        scaled = max(3, scaled if scaled % 2 == 1 else scaled + 1)
+    return scaled
+
+
+def _validate_probability_map(probability_map: np.ndarray) -> np.ndarray:
+    """Return the map as 2-D float32 clipped to ``[0, 1]`` (a trailing channel is dropped)."""
+    array = np.asarray(probability_map, dtype=np.float32)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 2:
+        raise ValueError(f"Expected a 2-D probability map, got shape {array.shape}.")
+    return np.clip(array, 0.0, 1.0)
+
+
+def global_threshold_mask(
+    probability_map: np.ndarray, method: str = "otsu", value: float = 0.5, min_value: float = 0.1
+) -> np.ndarray:
+    """Pixels above one threshold for the whole map: Otsu's (floored at ``min_value``) or ``value``."""
+    if method == "fixed":
+        threshold = float(value)
+    elif method == "otsu":
+        # threshold_otsu returns the value itself for a constant map, so ">" keeps it empty.
+        threshold = max(float(threshold_otsu(probability_map)), float(min_value))
+    else:
+        raise ValueError(f"Unknown global threshold method {method!r}; use 'otsu' or 'fixed'.")
+    return (probability_map > threshold).astype(np.uint8)
+
+
+def local_threshold_mask(
+    probability_map: np.ndarray, block_size: int = 101, offset: float = -10.0, method: str = "mean"
+) -> np.ndarray:
+    """Pixels brighter than their ``block_size`` neighbourhood, via ``cv2.adaptiveThreshold``.
+
+    OpenCV keeps a pixel when ``pixel > local_mean - offset`` (``offset`` is its
+    ``C``, on the 0-255 scale of the map converted to uint8). In a flat region
+    the pixel equals its local mean, so a positive offset would turn all of a
+    flat background into foreground and zero would keep half of its noise. A
+    negative offset requires a pixel to exceed its surroundings by ``-offset``
+    grey levels: it picks up faint lungs that the global threshold misses and
+    leaves flat regions alone.
+    """
+    if block_size < 3 or block_size % 2 == 0:
+        raise ValueError(f"block_size must be odd and >= 3, got {block_size}.")
+    try:
+        adaptive_method = _ADAPTIVE_METHODS[method]
+    except KeyError:
+        raise ValueError(f"Unknown local threshold method {method!r}; use 'mean' or 'gaussian'.") from None
+    map_8bit = np.round(probability_map * 255.0).astype(np.uint8)
+    return cv2.adaptiveThreshold(
+        map_8bit, 1, adaptive_method, cv2.THRESH_BINARY, int(block_size), float(offset)
+    )
+
+
+def _square_kernel(kernel_size: int) -> np.ndarray:
+    """A ``kernel_size`` x ``kernel_size`` structuring element of ones."""
+    if kernel_size < 1:
+        raise ValueError(f"kernel_size must be >= 1, got {kernel_size}.")
+    return cv2.getStructuringElement(cv2.MORPH_RECT, (kernel_size, kernel_size))
+
+
+def remove_small_components(mask: np.ndarray, min_area: float) -> np.ndarray:
+    """Drop 8-connected components smaller than ``min_area`` pixels."""
+    n_labels, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    keep = np.zeros(n_labels, dtype=bool)
+    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_area  # label 0 is the background
+    return keep[labels].astype(np.uint8)
+
+
+def keep_largest_components(mask: np.ndarray, count: int) -> np.ndarray:
+    """Keep only the ``count`` largest 8-connected components (e.g. 2 lungs)."""
+    n_labels, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    # Stable sort: equal areas keep label order, so the result is deterministic.
+    largest_labels = 1 + np.argsort(-areas, kind="stable")[: max(0, int(count))]
+    keep = np.zeros(n_labels, dtype=bool)
+    keep[largest_labels] = True
+    return keep[labels].astype(np.uint8)
+
+
+def postprocess_probability_map(
+    probability_map: np.ndarray, params: Mapping[str, Any] | None = None
+) -> np.ndarray:
+    """Turn a 2-D probability map in ``[0, 1]`` into a binary uint8 ``{0, 1}`` lung mask.
+
+    ``params`` is merged over ``DEFAULT_POSTPROCESSING_PARAMS`` (see the module
+    docstring for the steps and the choice of defaults).
+    """
+    p = resolve_postprocessing_params(params)
+    probability = _validate_probability_map(probability_map)
+    shape, reference = probability.shape, int(p["reference_size"])
+
+    mask = np.zeros(shape, dtype=np.uint8)
+    global_params = p["global_threshold"]
+    if global_params["enabled"]:
+        mask |= global_threshold_mask(
+            probability, global_params["method"], global_params["value"], global_params["min_value"]
+        )
+    local_params = p["local_threshold"]
+    if local_params["enabled"]:
+        block_size = scaled_length(int(local_params["block_size"]), reference, shape, odd=True)
+        mask |= local_threshold_mask(
+            probability, block_size, float(local_params["offset"]), local_params["method"]
+        )
+
+    kernel = _square_kernel(int(p["kernel_size"]))
+    if p["dilation"]["enabled"]:
+        iterations = scaled_length(int(p["dilation"]["iterations"]), reference, shape)
+        if iterations:
+            mask = cv2.dilate(mask, kernel, iterations=iterations)
+    if p["closing"]["enabled"]:
+        iterations = scaled_length(int(p["closing"]["iterations"]), reference, shape)
+        if iterations:
+            mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel, iterations=iterations)
+    if p["area_filter"]["enabled"]:
+        min_area = scaled_min_area(p["area_filter"]["min_area_px"], reference, shape)
+        mask = remove_small_components(mask, min_area)
+    if p["keep_largest"]["enabled"]:
+        mask = keep_largest_components(mask, int(p["keep_largest"]["count"]))
+    return mask.astype(np.uint8)
