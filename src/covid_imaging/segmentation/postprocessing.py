@@ -33,6 +33,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from scipy.ndimage import binary_fill_holes
 from skimage.filters import threshold_otsu
 
 from covid_imaging.segmentation._params import merge_params
@@ -50,12 +51,13 @@ DEFAULT_POSTPROCESSING_PARAMS: dict[str, Any] = {
     "local_threshold": {
         "enabled": True,
         "block_size": 101,  # odd, px at reference_size
-        "offset": -10.0,  # on the 0-255 scale; negative, see local_threshold_mask
+        "offset": -25.0,  # on the 0-255 scale; negative, see local_threshold_mask
         "method": "mean",  # "mean" or "gaussian" neighbourhood
     },
     "kernel_size": 3,
-    "dilation": {"enabled": True, "iterations": 2},
+    "dilation": {"enabled": False, "iterations": 2},
     "closing": {"enabled": True, "iterations": 2},
+    "fill_holes": {"enabled": True},
     "area_filter": {"enabled": True, "min_area_px": 5000},
     "keep_largest": {"enabled": True, "count": 2},
 }
@@ -64,9 +66,10 @@ DEFAULT_POSTPROCESSING_PARAMS: dict[str, Any] = {
 REFERENCE_POSTPROCESSING_PARAMS: dict[str, Any] = merge_params(
     DEFAULT_POSTPROCESSING_PARAMS,
     {
-        "dilation": {"iterations": 8},
+        "dilation": {"enabled": True, "iterations": 8},
         "closing": {"iterations": 2},
         "area_filter": {"min_area_px": 50000},
+        "fill_holes": {"enabled": False},
         "keep_largest": {"enabled": False},
     },
     where="postprocessing",
@@ -219,6 +222,8 @@ def postprocess_probability_map(
         iterations = scaled_length(int(p["closing"]["iterations"]), reference, shape)
         if iterations:
             mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel, iterations=iterations)
+    if p["fill_holes"]["enabled"]:
+        mask = binary_fill_holes(mask).astype(np.uint8)
     if p["area_filter"]["enabled"]:
         min_area = scaled_min_area(p["area_filter"]["min_area_px"], reference, shape)
         mask = remove_small_components(mask, min_area)

@@ -1,0 +1,82 @@
+"""Turn Azure SDK exceptions into short, single-line, secret-free explanations, and retry
+the transient ones with exponential backoff."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    IncompleteReadError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+
+from covid_imaging.azure.credentials import redact_secrets
+
+T = TypeVar("T")
+TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class TransientBlobError(Exception):
+    """A download that came back short or corrupted; worth another attempt."""
+
+
+def is_transient(error: BaseException) -> bool:
+    """Network failures, throttling and server-side 5xx errors are worth retrying."""
+    if isinstance(error, ServiceRequestError | ServiceResponseError | IncompleteReadError | TransientBlobError):
+        return True
+    if isinstance(error, HttpResponseError):
+        return error.status_code in TRANSIENT_STATUS
+    return isinstance(error, ConnectionError | TimeoutError)
+
+
+def with_retries(
+    operation: Callable[[], T],
+    *,
+    attempts: int = 5,
+    backoff_s: float = 0.5,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Call ``operation``; on a transient error wait ``backoff_s * 2**n`` (+ up to 25 %
+    jitter, so parallel workers do not retry in lockstep) and try again, ``attempts``
+    times in all. Other errors, and the last transient one, propagate unchanged."""
+    for attempt in range(attempts):
+        try:
+            return operation()
+        except Exception as error:
+            if attempt >= attempts - 1 or not is_transient(error):
+                raise
+            sleep(backoff_s * (2**attempt) * (1 + random.random() / 4))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(getattr(error, "message", None) or error or type(error).__name__)
+    line = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return redact_secrets(line.strip().rstrip("."))
+
+
+def explain(error: BaseException, *, credentials_source: str, endpoint: str) -> str:
+    """One line saying what went wrong and what to check, without any secret."""
+    code = getattr(error, "error_code", None)
+    code_text = f" ({code.value if hasattr(code, 'value') else code})" if code else ""
+    status = getattr(error, "status_code", None)
+    if isinstance(error, ClientAuthenticationError) or status in (401, 403):
+        return (
+            f"access denied{code_text}: the {credentials_source} credentials are wrong, expired, "
+            "or lack list/read permission"
+        )
+    if isinstance(error, ResourceNotFoundError) or status == 404:
+        return f"not found{code_text}: {_first_line(error)}"
+    if isinstance(error, ServiceRequestError):
+        return f"cannot reach {endpoint}: {_first_line(error)}"
+    if isinstance(error, TransientBlobError):
+        return _first_line(error)
+    status_text = f"HTTP {status}{code_text}: " if status else f"{type(error).__name__}: "
+    return f"{status_text}{_first_line(error)}"

@@ -1,0 +1,50 @@
+"""Shared test fixtures: tiny real image files and paths to the curated data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The curated public data beside the project; tests using it skip when it is absent."""
+    if not (SHARED_DATA / "manifest.csv").exists():
+        pytest.skip(f"real data not found at {SHARED_DATA} (see README, 'Where data goes')")
+    return SHARED_DATA
+
+
+def write_png(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), array)
+    return path
+
+
+def chest_like_image(size: tuple[int, int] = (64, 80), seed: int = 0) -> np.ndarray:
+    """A small 8-bit gray image with structure (so CLAHE/blur have something to do)."""
+    rng = np.random.default_rng(seed)
+    height, width = size
+    yy, xx = np.mgrid[0:height, 0:width]
+    image = 120 + 60 * np.sin(xx / 7.0) * np.cos(yy / 9.0) + rng.normal(0, 8, size)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def lung_mask(size: tuple[int, int] = (64, 80)) -> np.ndarray:
+    height, width = size
+    mask = np.zeros(size, np.uint8)
+    cv2.ellipse(mask, (width // 3, height // 2), (width // 8, height // 3), 0, 0, 360, 255, -1)
+    cv2.ellipse(mask, (2 * width // 3, height // 2), (width // 8, height // 3), 0, 0, 360, 255, -1)
+    return mask

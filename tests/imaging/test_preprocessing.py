@@ -1,0 +1,79 @@
+"""The preprocessing chain equals the direct OpenCV calls it stands for."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from covid_imaging.imaging.preprocessing import PreprocessingConfig, preprocess_gray, resize_mask
+from tests.conftest import chest_like_image
+
+REFERENCE_PARAMS = {
+    "resize": {"size": 48, "interpolation": "area"},
+    "gaussian_blur": {"enabled": True, "kernel_size": 5, "sigma": 1.0},
+    "morphological_gradient": {"enabled": True, "kernel_size": 3, "iterations": 2},
+    "clahe": {"enabled": True, "clip_limit": 3.0, "tile_grid_size": 4},
+    "normalisation": "minmax",
+}
+
+
+def test_reference_chain_matches_direct_opencv_calls():
+    gray = chest_like_image((120, 100))
+    expected = cv2.resize(gray, (48, 48), interpolation=cv2.INTER_AREA)
+    expected = cv2.GaussianBlur(expected, (5, 5), 1.0)
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3))
+    expected = cv2.morphologyEx(expected, cv2.MORPH_GRADIENT, kernel, iterations=2)
+    expected = cv2.createCLAHE(clipLimit=3.0, tileGridSize=(4, 4)).apply(expected)
+    expected = cv2.normalize(expected, None, 0, 255, cv2.NORM_MINMAX)
+    result = preprocess_gray(gray, PreprocessingConfig.from_params(REFERENCE_PARAMS))
+    np.testing.assert_array_equal(result, expected)
+
+
+def test_each_step_can_be_switched_off():
+    gray = chest_like_image((120, 100))
+    params = {
+        "resize": {"size": 48},
+        "gaussian_blur": {"enabled": False},
+        "morphological_gradient": {"enabled": False},
+        "clahe": {"enabled": False},
+        "normalisation": "none",
+    }
+    result = preprocess_gray(gray, PreprocessingConfig.from_params(params))
+    np.testing.assert_array_equal(result, cv2.resize(gray, (48, 48), interpolation=cv2.INTER_AREA))
+
+
+def test_gradient_is_applied_the_configured_number_of_times():
+    gray = chest_like_image((64, 64))
+    once = {**REFERENCE_PARAMS, "morphological_gradient": {"enabled": True, "iterations": 1}, "clahe": {"enabled": False}}
+    twice = {**once, "morphological_gradient": {"enabled": True, "iterations": 2}}
+    assert not np.array_equal(
+        preprocess_gray(gray, PreprocessingConfig.from_params(once)),
+        preprocess_gray(gray, PreprocessingConfig.from_params(twice)),
+    )
+
+
+def test_mask_resize_stays_binary():
+    mask = np.zeros((299, 299), np.uint8)
+    cv2.circle(mask, (150, 150), 80, 255, -1)
+    resized = resize_mask(mask, 256)
+    assert resized.shape == (256, 256)
+    assert set(np.unique(resized)) == {0, 255}
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"gaussian_blur": {"kernel_size": 4}}, "odd"),
+        ({"normalisation": "zscore"}, "normalisation"),
+        ({"resize": {"interpolation": "bogus"}}, "interpolation"),
+    ],
+)
+def test_invalid_parameters_are_named(params, message):
+    with pytest.raises(ValueError, match=message):
+        PreprocessingConfig.from_params(params)
+
+
+def test_rejects_non_gray_input():
+    with pytest.raises(ValueError, match="2-D uint8"):
+        preprocess_gray(np.zeros((10, 10, 3), np.uint8), PreprocessingConfig())

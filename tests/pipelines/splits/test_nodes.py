@@ -1,0 +1,94 @@
+"""Splits: stratified by task/label, grouped by patient (no leakage), seeded, train-only undersampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from covid_imaging.pipelines.splits.nodes import make_splits, undersample_training_split
+
+PARAMS = {"test_fraction": 0.1, "validation_fraction": 0.2, "n_bins": 10, "n_folds": 5, "seed": 7}
+
+
+def synthetic_manifest(n_patients: int = 300, seed: int = 0) -> pd.DataFrame:
+    """Patients with 1–4 images each, imbalanced labels, two tasks, one shared patient id space."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for patient in range(n_patients):
+        label = rng.choice(["covid", "normal", "viral"], p=[0.5, 0.3, 0.2])
+        task = "classification" if patient % 3 else "segmentation"
+        for image in range(rng.integers(1, 5)):
+            rows.append(
+                {"image_id": f"p{patient}_{image}", "task": task, "label": label, "source": "s", "group_id": f"s:p{patient}"}
+            )
+    return pd.DataFrame(rows)
+
+
+def test_no_group_is_in_two_splits_and_fractions_hold():
+    manifest = synthetic_manifest()
+    table = make_splits(manifest, PARAMS)
+    assert (table.groupby("group_id")["split"].nunique() == 1).all()
+    fractions = table["split"].value_counts(normalize=True)
+    assert fractions["test"] == pytest.approx(0.1, abs=0.03)
+    assert fractions["validation"] == pytest.approx(0.2, abs=0.03)
+    assert len(table) == len(manifest) and set(table["image_id"]) == set(manifest["image_id"])
+
+
+def test_stratified_by_label_within_each_task():
+    table = make_splits(synthetic_manifest(600), PARAMS)
+    for _, rows in table.groupby("task"):
+        overall = rows["label"].value_counts(normalize=True)
+        for split in ("train", "validation", "test"):
+            in_split = rows[rows["split"] == split]["label"].value_counts(normalize=True)
+            for label in overall.index:
+                assert in_split.get(label, 0) == pytest.approx(overall[label], abs=0.08), (split, label)
+
+
+def test_a_patient_shared_by_two_tasks_stays_in_one_split():
+    manifest = synthetic_manifest()
+    manifest.loc[manifest.index[:4], "group_id"] = "s:shared"
+    manifest.loc[manifest.index[:2], "task"] = "segmentation"
+    manifest.loc[manifest.index[2:4], "task"] = "classification"
+    table = make_splits(manifest, PARAMS)
+    assert table.loc[table["group_id"] == "s:shared", "split"].nunique() == 1
+
+
+def test_kfold_covers_development_rows_only_and_keeps_groups_together():
+    table = make_splits(synthetic_manifest(), PARAMS)
+    assert (table.loc[table["split"] == "test", "cv_fold"] == -1).all()
+    development = table[table["split"] != "test"]
+    assert set(development["cv_fold"]) == set(range(5))
+    assert (development.groupby("group_id")["cv_fold"].nunique() == 1).all()
+
+
+def test_splits_are_seeded():
+    manifest = synthetic_manifest()
+    first, second = make_splits(manifest, PARAMS), make_splits(manifest, PARAMS)
+    pd.testing.assert_frame_equal(first, second)
+    other = make_splits(manifest, {**PARAMS, "seed": 8})
+    assert not first["split"].equals(other["split"])
+
+
+def test_80_20_design_with_12_5_percent_validation():
+    table = make_splits(synthetic_manifest(400), {**PARAMS, "test_fraction": 0.2, "validation_fraction": 0.1})
+    fractions = table["split"].value_counts(normalize=True)
+    assert fractions["test"] == pytest.approx(0.2, abs=0.03)
+    assert fractions["validation"] / (1 - fractions["test"]) == pytest.approx(0.125, abs=0.04)
+
+
+def test_undersampling_balances_training_only_and_is_seeded():
+    table = make_splits(synthetic_manifest(600), PARAMS)
+    settings = {**PARAMS, "undersampling": {"enabled": True, "tasks": ["classification"]}}
+    balanced = undersample_training_split(table, settings)
+    train = balanced[(balanced["task"] == "classification") & (balanced["split"] == "train")]
+    counts = train[train["in_training_sample"]]["label"].value_counts()
+    assert counts.nunique() == 1  # every class down to the smallest
+    others = balanced[(balanced["task"] != "classification") | (balanced["split"] != "train")]
+    assert others["in_training_sample"].eq(others["split"] == "train").all()  # nothing else touched
+    pd.testing.assert_frame_equal(balanced, undersample_training_split(table, settings))
+
+
+def test_impossible_fractions_are_refused():
+    with pytest.raises(ValueError, match="leave data for training"):
+        make_splits(synthetic_manifest(), {**PARAMS, "test_fraction": 0.5, "validation_fraction": 0.5})
