@@ -2,34 +2,28 @@
 
 ``data_preparation`` = demo data (when enabled) → ingestion → splits → preprocessing.
 Model pipelines are prefixed with it, so ``kedro run --pipeline=segmentation`` runs
-from raw files to evaluated models.
+from raw files to evaluated, compared models.
 """
 
 from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from covid_imaging.pipelines import demo_data, ingestion, preprocessing, splits
+from covid_imaging.pipelines import demo_data, ingestion, preprocessing, segmentation, splits
 
 
 def register_pipelines() -> dict[str, Pipeline]:
     """Register the project's pipelines."""
     demo = demo_data.create_pipeline()
-    data_preparation = (
-        demo + ingestion.create_pipeline() + splits.create_pipeline() + preprocessing.create_pipeline()
-    )
-    pipelines: dict[str, Pipeline] = {
+    data_preparation = demo + ingestion.create_pipeline() + splits.create_pipeline() + preprocessing.create_pipeline()
+    segmentation_models = segmentation.create_pipeline()
+    return {
         "demo_data": demo,
         "ingestion": ingestion.create_pipeline(),
         "splits": splits.create_pipeline(),
         "preprocessing": preprocessing.create_pipeline(),
         "data_preparation": data_preparation,
+        "segmentation": data_preparation + segmentation_models,
+        "segmentation_models": segmentation_models,  # reuse prepared data: no re-ingestion
+        "__default__": data_preparation,
     }
-    try:
-        from covid_imaging.pipelines import segmentation
-
-        pipelines["segmentation"] = data_preparation + segmentation.create_pipeline()
-    except (ImportError, AttributeError):  # TEMP until the segmentation pipeline lands
-        pass
-    pipelines["__default__"] = data_preparation
-    return pipelines

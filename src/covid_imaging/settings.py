@@ -9,3 +9,8 @@ CONFIG_LOADER_ARGS = {
     "default_run_env": "local",
     "merge_strategy": {"parameters": "soft", "globals": "soft"},
 }
+
+from covid_imaging.hooks import ModelRunTrackingHook  # noqa: E402
+
+# Hooks run last-in-first-out; kedro-mlflow's own hook (auto-registered) opens the parent run.
+HOOKS = (ModelRunTrackingHook(),)

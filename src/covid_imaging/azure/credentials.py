@@ -291,7 +291,7 @@ def resolve_credentials(
     """
     environ = os.environ if environ is None else environ
     if credentials:
-        return credentials_from_mapping(credentials, "explicit credentials")
+        return credentials_from_mapping(credentials, "the catalog entry's credentials")
     if use_project_credentials:
         entry = load_project_credentials(credentials_key, project_path)
         if entry:

@@ -238,7 +238,7 @@ class CachedBlobImageDataset(AbstractDataset[None, dict[str, Callable[[], bytes]
         return f"Azure blob container '{self._container}', {'blob' if blob_key else 'prefix'} '{path}'"
 
     def _error(self, error: BaseException, creds: BlobCredentials, action: str, blob_key: str | None = None) -> DatasetError:
-        reason = explain(error, credentials_source=creds.source, endpoint=creds.account_url)
+        reason = explain(error, creds)
         if getattr(error, "error_code", None) == "ContainerNotFound":
             reason = f"container '{self._container}' does not exist on account '{creds.account_name}' ({creds.account_url})"
         return DatasetError(f"{self._where(blob_key)}: {action}: {reason}")
@@ -255,7 +255,7 @@ class CachedBlobImageDataset(AbstractDataset[None, dict[str, Callable[[], bytes]
         try:
             service = creds.service_client(**make_client_kwargs(self._max_workers))
         except ValueError as error:  # malformed connection string or URL
-            raise DatasetError(f"{self._where()}: invalid {creds.source}: {explain(error, credentials_source=creds.source, endpoint='?')}") from None
+            raise DatasetError(f"{self._where()}: invalid {creds.source}: {explain(error, creds)}") from None
         return service.get_container_client(self._container)
 
     def _key(self, name: str) -> str:

@@ -4,6 +4,7 @@ the transient ones with exponential backoff."""
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -17,7 +18,7 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 
-from covid_imaging.azure.credentials import redact_secrets
+from covid_imaging.azure.credentials import BlobCredentials, redact_secrets
 
 T = TypeVar("T")
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -62,20 +63,27 @@ def _first_line(error: BaseException) -> str:
     return redact_secrets(line.strip().rstrip("."))
 
 
-def explain(error: BaseException, *, credentials_source: str, endpoint: str) -> str:
+def _network_reason(error: BaseException) -> str:
+    # urllib3 nests the useful part ("[Errno 111] Connection refused") deep in a long line.
+    text = _first_line(error)
+    found = re.search(r"\[Errno -?\d+\][^\"')]*|timed out|Name or service not known|certificate verify failed", text)
+    return found.group(0).strip() if found else text
+
+
+def explain(error: BaseException, creds: BlobCredentials) -> str:
     """One line saying what went wrong and what to check, without any secret."""
     code = getattr(error, "error_code", None)
     code_text = f" ({code.value if hasattr(code, 'value') else code})" if code else ""
     status = getattr(error, "status_code", None)
     if isinstance(error, ClientAuthenticationError) or status in (401, 403):
         return (
-            f"access denied{code_text}: the {credentials_source} credentials are wrong, expired, "
-            "or lack list/read permission"
+            f"access denied{code_text}: the {creds.kind} from {creds.source} is wrong, expired, "
+            "or lacks list/read permission"
         )
     if isinstance(error, ResourceNotFoundError) or status == 404:
         return f"not found{code_text}: {_first_line(error)}"
     if isinstance(error, ServiceRequestError):
-        return f"cannot reach {endpoint}: {_first_line(error)}"
+        return f"cannot reach {creds.account_url}: {_network_reason(error)}"
     if isinstance(error, TransientBlobError):
         return _first_line(error)
     status_text = f"HTTP {status}{code_text}: " if status else f"{type(error).__name__}: "

@@ -2,9 +2,9 @@
 
 Steps (each can be switched off with ``enabled: false``)::
 
-    global threshold  (Otsu, or a fixed value)      \\
-                                                      union -> dilation -> closing
-    local threshold   (cv2.adaptiveThreshold)       /
+    global threshold (Otsu or fixed)  \\
+                                        union -> dilation -> closing -> fill holes
+    local threshold (adaptive)        /
         -> area filter (drop small connected components) -> keep the N largest
 
 Pixel sizes (local block size, morphology iterations, minimum area) are given
@@ -15,15 +15,27 @@ scale with the side ratio, the area with the area ratio.
 Defaults versus the reference implementation (``REFERENCE_POSTPROCESSING_PARAMS``):
 
 - ``area_filter.min_area_px``: 5,000 px at 512x512 instead of the reference
-  50,000. On the 200 Shenzhen masks (512x512, two lungs each) the lungs cover
-  9,032-57,452 px (median 32,361; 391 of the 400 are below 50,000), so the
-  reference threshold deletes almost every real lung. 5,000 px (1.9 % of the
-  image) stays below the smallest real lung by a factor of 1.8 and still drops
-  typical false-positive blobs (the largest stray mask component is 65 px).
-- ``dilation.iterations``: 2 instead of 8. Eight 3x3 dilations grow every lung
-  outline by 8 px and cost about 0.09 Dice on a perfect prediction; two cost
-  about 0.02 while still bridging small gaps before the closing.
-- ``local_threshold.offset``: negative, see ``local_threshold_mask``.
+  50,000. On the 200 Shenzhen masks (512x512) the 400 lungs cover 9,032-57,452
+  px (1st percentile 14,387, median 32,361) and 391 of them are below 50,000,
+  so the reference threshold deletes almost every real lung (Dice 0.22 on
+  perfect predictions of 40 masks). 5,000 px (1.9 % of the image) is 1.8x
+  below the smallest real lung and still removes false-positive blobs (stray
+  mask components are at most 65 px).
+- ``dilation``: off (reference: on, 8 iterations). Dilation only inflates the
+  outline: 8 iterations cost 0.11 Dice on perfect predictions, 2 cost 0.03,
+  and it lowered Dice in every simulated scenario; the closing and hole
+  filling already bridge gaps.
+- ``fill_holes``: on (not in the reference). Lungs are hole-free (19 of 350
+  real masks have holes, none above 71 px), and it completes lungs that the
+  local threshold only finds as a rim.
+- ``local_threshold.offset``: -25 grey levels (about 0.1 probability), see
+  ``local_threshold_mask``; -10 let pixel noise (std 0.05) through at 512 px.
+- ``keep_largest``: the 2 largest components (two lungs).
+
+Simulated check (40 Shenzhen masks, blurred masks plus blobs, holes and
+Gaussian noise, mean Dice): with a faint patch inside a lung raw ``> 0.5``
+gives 0.958 and these defaults 0.978; with one whole lung faint (p = 0.4)
+raw gives 0.65, these defaults 0.985, and without the local threshold 0.68.
 """
 
 from __future__ import annotations

@@ -1,0 +1,203 @@
+"""Kedro hooks: one MLflow run per trained model.
+
+kedro-mlflow opens one run per ``kedro run`` (the parent) and logs every parameter.
+This hook adds a child run for each model namespace (``segmentation.unet``,
+``classification.resnet50``, ...), so the MLflow compare view shows the models side by
+side. Logging lives here, in one place, driven by the names of node outputs:
+
+* ``<ns>.training_history`` (dict of per-epoch lists) → metric curves, step = epoch;
+* ``<ns>.test_metrics`` (dict of floats) → final metrics;
+* ``<ns>.model`` (Keras model) → a ``.keras`` artifact;
+* matplotlib figures → PNG artifacts under ``plots/``;
+* DataFrames → CSV artifacts under ``tables/``;
+* ``params:<ns>.*`` inputs → run parameters (never credentials: those are not parameters).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from kedro.framework.hooks import hook_impl
+from kedro.pipeline import Node
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+
+logger = logging.getLogger(__name__)
+
+TRACKED_NAMESPACE_ROOTS = ("segmentation", "classification")
+MAX_PARAM_LENGTH = 6000
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), inner, out)
+    else:
+        out[prefix] = str(value)[:MAX_PARAM_LENGTH]
+
+
+def git_commit() -> str:
+    """The checked-out commit (with '-dirty' when there are uncommitted changes)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout
+        return commit + ("-dirty" if dirty.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def describe_compute_device() -> str:
+    """'CPU' or the first GPU's name, for the device tag."""
+    try:
+        import tensorflow as tf  # noqa: PLC0415 - heavy import only when tracking a model
+
+        gpus = tf.config.list_physical_devices("GPU")
+        if not gpus:
+            return "CPU"
+        details = tf.config.experimental.get_device_details(gpus[0])
+        return str(details.get("device_name", "GPU"))
+    except Exception:  # noqa: BLE001 - a tag must never break a run
+        return "unknown"
+
+
+def model_namespace(node: Node) -> str | None:
+    """The model namespace of a node (``segmentation.unet``), or None for shared nodes."""
+    namespace = node.namespace or ""
+    parts = namespace.split(".")
+    if len(parts) >= 2 and parts[0] in TRACKED_NAMESPACE_ROOTS:
+        return ".".join(parts[:2])
+    return None
+
+
+class ModelRunTrackingHook:
+    """Creates and fills one MLflow child run per model namespace."""
+
+    def __init__(self) -> None:
+        self._runs: dict[str, str] = {}
+        self._dataset_name = "unknown"
+        self._env = "local"
+        self._client: MlflowClient | None = None
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        self._env = context.env or "local"
+        try:
+            self._dataset_name = str(context.config_loader["globals"].get("dataset_name", "unknown"))
+        except (KeyError, AttributeError, ValueError):
+            self._dataset_name = "unknown"
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
+        self._runs = {}
+
+    def _child_run(self, namespace: str) -> str | None:
+        parent = mlflow.active_run()
+        if parent is None:  # tracking disabled for this pipeline
+            return None
+        if namespace not in self._runs:
+            self._client = MlflowClient()
+            run = self._client.create_run(
+                experiment_id=parent.info.experiment_id,
+                run_name=namespace,
+                tags={
+                    "mlflow.parentRunId": parent.info.run_id,
+                    "model": namespace.split(".")[-1],
+                    "task": namespace.split(".")[0],
+                    "device": describe_compute_device(),
+                    "dataset": self._dataset_name,
+                    "kedro_env": self._env,
+                    "git_commit": git_commit(),
+                },
+            )
+            self._runs[namespace] = run.info.run_id
+            logger.info("MLflow run '%s' (%s) started for model %s", namespace, run.info.run_id, namespace)
+        return self._runs[namespace]
+
+    @hook_impl
+    def before_node_run(self, node: Node, inputs: dict[str, Any]) -> None:
+        namespace = model_namespace(node)
+        if namespace is None:
+            return
+        run_id = self._child_run(namespace)
+        if run_id is None:
+            return
+        params: dict[str, str] = {}
+        for name, value in inputs.items():
+            if name.startswith(f"params:{namespace}."):
+                _flatten(name[len(f"params:{namespace}.") :], value, params)
+        existing = self._client.get_run(run_id).data.params
+        new = {key: value for key, value in params.items() if key not in existing}
+        if new:
+            self._client.log_batch(
+                run_id, params=[mlflow.entities.Param(key, value) for key, value in new.items()]
+            )
+
+    @hook_impl
+    def after_node_run(self, node: Node, outputs: dict[str, Any]) -> None:
+        namespace = model_namespace(node)
+        if namespace is None:
+            return
+        run_id = self._child_run(namespace)
+        if run_id is None:
+            return
+        for name, value in outputs.items():
+            self._log_output(run_id, name.rsplit(".", 1)[-1], value)
+
+    def _log_output(self, run_id: str, short_name: str, value: Any) -> None:
+        from matplotlib.figure import Figure  # noqa: PLC0415
+
+        client = self._client
+        if short_name == "training_history" and isinstance(value, dict):
+            metrics = []
+            for metric, values in value.items():
+                for epoch, number in enumerate(values):
+                    if isinstance(number, int | float) and math.isfinite(number):
+                        metrics.append(mlflow.entities.Metric(metric, float(number), 0, epoch))
+            for start in range(0, len(metrics), 900):
+                client.log_batch(run_id, metrics=metrics[start : start + 900])
+        elif short_name.endswith("test_metrics") and isinstance(value, dict):
+            metrics = [
+                mlflow.entities.Metric(key, float(number), 0, 0)
+                for key, number in value.items()
+                if isinstance(number, int | float) and math.isfinite(number)
+            ]
+            client.log_batch(run_id, metrics=metrics)
+        elif isinstance(value, Figure):
+            client.log_figure(run_id, value, f"plots/{short_name}.png")
+        elif isinstance(value, dict) and value and all(isinstance(v, Figure) for v in value.values()):
+            for key, figure in value.items():
+                client.log_figure(run_id, figure, f"plots/{short_name}/{key}.png")
+        elif isinstance(value, pd.DataFrame):
+            with tempfile.TemporaryDirectory() as folder:
+                path = Path(folder) / f"{short_name}.csv"
+                value.to_csv(path, index=False)
+                client.log_artifact(run_id, str(path), "tables")
+        elif short_name == "model" and hasattr(value, "save"):
+            with tempfile.TemporaryDirectory() as folder:
+                path = Path(folder) / "model.keras"
+                value.save(path)
+                client.log_artifact(run_id, str(path), "model")
+
+    def _close_runs(self, status: str) -> None:
+        for namespace, run_id in self._runs.items():
+            self._client.set_terminated(run_id, status)
+            logger.info("MLflow run '%s' (%s) finished: %s", namespace, run_id, status)
+        self._runs = {}
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        if self._runs:
+            self._close_runs(RunStatus.to_string(RunStatus.FINISHED))
+            logger.info("Open the MLflow UI with: mlflow ui --backend-store-uri sqlite:///mlflow.db")
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        if self._runs:
+            self._close_runs(RunStatus.to_string(RunStatus.FAILED))

@@ -1,0 +1,73 @@
+"""Segmentation pipelines: one template, instantiated per model with a namespace.
+
+Every model in ``covid_imaging.segmentation.models.MODEL_BUILDERS`` that has a
+parameters block ``segmentation.<name>`` gets its own pipeline ``segmentation.<name>``
+(train → evaluate on test → summarise), and one node compares them all.
+"""
+
+from __future__ import annotations
+
+from kedro.pipeline import Pipeline, node, pipeline
+
+from covid_imaging.pipelines.segmentation.nodes import (
+    compare_segmentation_models,
+    evaluate_on_test,
+    select_segmentation_images,
+    summarise_metrics,
+    train_segmentation,
+    training_curves,
+)
+
+# The models trained by `kedro run --pipeline=segmentation`; each needs a builder in
+# MODEL_BUILDERS and a block in conf/base/parameters/segmentation.yml.
+SEGMENTATION_MODELS = ("unet", "fcn", "deeplabv3")
+
+
+def model_template() -> Pipeline:
+    """Train → evaluate → summarise, for one model (names are namespaced later)."""
+    return pipeline(
+        [
+            node(
+                train_segmentation,
+                ["segmentation_images", "params:model", "params:training", "params:augmentation", "params:data"],
+                ["model", "training_history"],
+                name="train",
+            ),
+            node(training_curves, "training_history", "training_curves", name="plot_training_curves"),
+            node(
+                evaluate_on_test,
+                ["model", "segmentation_images", "params:data", "params:postprocessing"],
+                ["per_image_metrics", "test_metrics", "sample_predictions"],
+                name="evaluate_on_test",
+            ),
+            node(summarise_metrics, "per_image_metrics", "metrics_summary", name="summarise_metrics"),
+        ]
+    )
+
+
+def create_pipeline(models: tuple[str, ...] = SEGMENTATION_MODELS, **kwargs) -> Pipeline:
+    select = pipeline(
+        [
+            node(
+                select_segmentation_images,
+                ["model_input_table", "params:segmentation_data"],
+                "segmentation_images",
+                name="select_segmentation_images",
+            )
+        ]
+    )
+    per_model = [
+        pipeline(model_template(), namespace=f"segmentation.{name}", inputs={"segmentation_images"})
+        for name in models
+    ]
+    compare = pipeline(
+        [
+            node(
+                compare_segmentation_models,
+                {name: f"segmentation.{name}.metrics_summary" for name in models},
+                "segmentation_comparison",
+                name="compare_segmentation_models",
+            )
+        ]
+    )
+    return select + sum(per_model, Pipeline([])) + compare
