@@ -49,7 +49,9 @@ def connection_string(azurite: AzuriteServer) -> str:
 
 @pytest.fixture
 def blob_credentials(connection_string: str) -> BlobCredentials:
-    return credentials_from_mapping({"connection_string": connection_string}, "test connection string")
+    return credentials_from_mapping(
+        {"connection_string": connection_string}, "test connection string"
+    )
 
 
 @pytest.fixture

@@ -24,8 +24,14 @@ SAS = "sv=2024-08-04&ss=b&srt=co&sp=rl&se=2030-01-01T00:00:00Z&sig=AbCdEf1234567
 
 
 def test_connection_string_from_env() -> None:
-    creds = resolve_credentials(use_project_credentials=False, environ={"AZURE_STORAGE_CONNECTION_STRING": CONN})
-    assert (creds.account_name, creds.account_url, creds.kind) == ("acct", "https://acct.blob.core.windows.net", "connection string")
+    creds = resolve_credentials(
+        use_project_credentials=False, environ={"AZURE_STORAGE_CONNECTION_STRING": CONN}
+    )
+    assert (creds.account_name, creds.account_url, creds.kind) == (
+        "acct",
+        "https://acct.blob.core.windows.net",
+        "connection string",
+    )
     assert creds.adlfs_kwargs() == {"connection_string": CONN}
     assert KEY not in repr(creds)
 
@@ -49,7 +55,9 @@ def test_account_name_and_key_env_vars() -> None:
 
 
 def test_project_credentials_file_is_read(tmp_path: Path) -> None:
-    (tmp_path / "pyproject.toml").write_text('[tool.kedro]\npackage_name = "x"\nproject_name = "x"\nkedro_init_version = "1.7.0"\n')
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.kedro]\npackage_name = "x"\nproject_name = "x"\nkedro_init_version = "1.7.0"\n'
+    )
     (tmp_path / "conf" / "base").mkdir(parents=True)
     (tmp_path / "conf" / "local").mkdir()
     (tmp_path / "conf" / "local" / "credentials.yml").write_text(
@@ -59,7 +67,9 @@ def test_project_credentials_file_is_read(tmp_path: Path) -> None:
 
     os.environ["TEST_AZ_KEY"] = KEY
     try:
-        creds = resolve_credentials(project_path=tmp_path, environ={"AZURE_STORAGE_CONNECTION_STRING": CONN})
+        creds = resolve_credentials(
+            project_path=tmp_path, environ={"AZURE_STORAGE_CONNECTION_STRING": CONN}
+        )
     finally:
         del os.environ["TEST_AZ_KEY"]
     assert creds.account_name == "fileacct" and creds.account_key == KEY
@@ -78,7 +88,10 @@ def test_missing_credentials_message_says_where_it_looked() -> None:
         ({"account_name": "a"}, "incomplete"),
         ({"account_key": KEY}, "incomplete"),
         ({"acount_name": "a", "account_key": KEY}, "unknown key"),
-        ({"connection_string": "AccountName=a;EndpointSuffix=x"}, "neither AccountKey nor SharedAccessSignature"),
+        (
+            {"connection_string": "AccountName=a;EndpointSuffix=x"},
+            "neither AccountKey nor SharedAccessSignature",
+        ),
     ],
 )
 def test_malformed_credentials(values: dict[str, str], message: str) -> None:
@@ -144,3 +157,21 @@ def test_with_retries_does_not_retry_permanent_errors() -> None:
     with pytest.raises(ResourceNotFoundError):
         with_retries(missing, attempts=5, sleep=delays.append)
     assert delays == []
+
+
+def test_broken_credentials_file_does_not_block_the_env_var(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.kedro]\npackage_name = "x"\nproject_name = "x"\nkedro_init_version = "1.7.0"\n'
+    )
+    (tmp_path / "conf" / "base").mkdir(parents=True)
+    (tmp_path / "conf" / "local").mkdir()
+    (tmp_path / "conf" / "local" / "credentials.yml").write_text(
+        "other:\n  token: ${oc.env:SURELY_UNSET_VARIABLE_1234}\n"
+    )
+    creds = resolve_credentials(
+        project_path=tmp_path, environ={"AZURE_STORAGE_CONNECTION_STRING": CONN}
+    )
+    assert creds.account_name == "acct"
+    with pytest.raises(AzureCredentialsError, match="cannot read credentials from") as info:
+        resolve_credentials(project_path=tmp_path, environ={})
+    assert "\n" not in str(info.value)

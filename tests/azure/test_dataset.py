@@ -13,11 +13,15 @@ from covid_imaging.azure.upload import upload_folder
 
 
 def _local(folder: Path) -> dict[str, bytes]:
-    dataset = PartitionedDataset(path=str(folder), dataset="covid_imaging.datasets.bytes_dataset.BytesDataset")
+    dataset = PartitionedDataset(
+        path=str(folder), dataset="covid_imaging.datasets.bytes_dataset.BytesDataset"
+    )
     return {key: load() for key, load in dataset.load().items()}
 
 
-def _dataset(container: str, connection_string: str, cache: Path, **kwargs: object) -> CachedBlobImageDataset:
+def _dataset(
+    container: str, connection_string: str, cache: Path, **kwargs: object
+) -> CachedBlobImageDataset:
     return CachedBlobImageDataset(
         container=container,
         prefix="raw/v1",
@@ -28,7 +32,11 @@ def _dataset(container: str, connection_string: str, cache: Path, **kwargs: obje
 
 
 def test_same_keys_and_bytes_as_local_partitioned_dataset(
-    png_folder: Path, container: str, blob_credentials: BlobCredentials, connection_string: str, tmp_path: Path
+    png_folder: Path,
+    container: str,
+    blob_credentials: BlobCredentials,
+    connection_string: str,
+    tmp_path: Path,
 ) -> None:
     upload_folder(png_folder, container, "raw/v1", blob_credentials)
     # Decoys: a sibling prefix sharing the leading characters, and another folder.
@@ -43,7 +51,11 @@ def test_same_keys_and_bytes_as_local_partitioned_dataset(
 
 
 def test_second_load_downloads_nothing_and_changed_blob_is_refetched(
-    png_folder: Path, container: str, blob_credentials: BlobCredentials, connection_string: str, tmp_path: Path
+    png_folder: Path,
+    container: str,
+    blob_credentials: BlobCredentials,
+    connection_string: str,
+    tmp_path: Path,
 ) -> None:
     upload_folder(png_folder, container, "raw/v1", blob_credentials)
     cache = tmp_path / "cache"
@@ -66,7 +78,11 @@ def test_second_load_downloads_nothing_and_changed_blob_is_refetched(
 
 
 def test_deleted_blob_leaves_the_mapping_and_the_cache(
-    png_folder: Path, container: str, blob_credentials: BlobCredentials, connection_string: str, tmp_path: Path
+    png_folder: Path,
+    container: str,
+    blob_credentials: BlobCredentials,
+    connection_string: str,
+    tmp_path: Path,
 ) -> None:
     upload_folder(png_folder, container, "raw/v1", blob_credentials)
     cache = tmp_path / "cache"
@@ -80,7 +96,11 @@ def test_deleted_blob_leaves_the_mapping_and_the_cache(
 
 
 def test_damaged_cache_file_is_downloaded_again(
-    png_folder: Path, container: str, blob_credentials: BlobCredentials, connection_string: str, tmp_path: Path
+    png_folder: Path,
+    container: str,
+    blob_credentials: BlobCredentials,
+    connection_string: str,
+    tmp_path: Path,
 ) -> None:
     upload_folder(png_folder, container, "raw/v1", blob_credentials)
     cache = tmp_path / "cache"
@@ -95,12 +115,18 @@ def test_damaged_cache_file_is_downloaded_again(
 
 
 def test_filename_suffix_filters_and_strips_like_partitioned_dataset(
-    png_folder: Path, container: str, blob_credentials: BlobCredentials, connection_string: str, tmp_path: Path
+    png_folder: Path,
+    container: str,
+    blob_credentials: BlobCredentials,
+    connection_string: str,
+    tmp_path: Path,
 ) -> None:
     (png_folder / "notes.txt").write_text("not an image")
     upload_folder(png_folder, container, "raw/v1", blob_credentials)
     data = _dataset(container, connection_string, tmp_path / "cache", filename_suffix=".png").load()
     local = PartitionedDataset(
-        path=str(png_folder), dataset="covid_imaging.datasets.bytes_dataset.BytesDataset", filename_suffix=".png"
+        path=str(png_folder),
+        dataset="covid_imaging.datasets.bytes_dataset.BytesDataset",
+        filename_suffix=".png",
     ).load()
     assert sorted(data) == sorted(local) and "cxr/covid/images/img_000" in data

@@ -18,18 +18,21 @@ WRONG_KEY = "V3JvbmdLZXlXcm9uZ0tleVdyb25nS2V5V3JvbmdLZXlXcm9uZ0tleVdyb25nS2V5V3J
 
 
 def _load_error(tmp_path: Path, **kwargs: object) -> str:
-    dataset = CachedBlobImageDataset(cache_dir=str(tmp_path / "cache"), max_attempts=2, retry_backoff_s=0.01, **kwargs)  # type: ignore[arg-type]
+    dataset = CachedBlobImageDataset(
+        cache_dir=str(tmp_path / "cache"), max_attempts=2, retry_backoff_s=0.01, **kwargs
+    )  # type: ignore[arg-type]
     with pytest.raises(DatasetError) as info:
         dataset.load()
     message = str(info.value)
-    print("MSG:", message)
     assert "\n" not in message, message
     assert AZURITE_KEY not in message and WRONG_KEY not in message
     return message
 
 
 def _sas(container: str, expiry: datetime, permission: ContainerSasPermissions) -> str:
-    return generate_container_sas(AZURITE_ACCOUNT, container, account_key=AZURITE_KEY, permission=permission, expiry=expiry)
+    return generate_container_sas(
+        AZURITE_ACCOUNT, container, account_key=AZURITE_KEY, permission=permission, expiry=expiry
+    )
 
 
 def _sas_connection_string(azurite: AzuriteServer, sas: str) -> str:
@@ -44,15 +47,26 @@ def uploaded(png_folder: Path, container: str, blob_credentials: BlobCredentials
 
 def test_wrong_account_key(uploaded: str, azurite: AzuriteServer, tmp_path: Path) -> None:
     bad = azurite.connection_string.replace(AZURITE_KEY, WRONG_KEY)
-    message = _load_error(tmp_path, container=uploaded, prefix="raw/v1", credentials={"connection_string": bad})
+    message = _load_error(
+        tmp_path, container=uploaded, prefix="raw/v1", credentials={"connection_string": bad}
+    )
     assert f"container '{uploaded}'" in message and "access denied" in message
-    assert "credentials are wrong, expired, or lack list/read permission" in message
+    assert (
+        "the connection string from the catalog entry's credentials is wrong, expired, or lacks list/read permission"
+        in message
+    )
 
 
 def test_expired_sas_token(uploaded: str, azurite: AzuriteServer, tmp_path: Path) -> None:
-    sas = _sas(uploaded, datetime.now(UTC) - timedelta(hours=1), ContainerSasPermissions(read=True, list=True))
+    sas = _sas(
+        uploaded,
+        datetime.now(UTC) - timedelta(hours=1),
+        ContainerSasPermissions(read=True, list=True),
+    )
     message = _load_error(
-        tmp_path, container=uploaded, prefix="raw/v1",
+        tmp_path,
+        container=uploaded,
+        prefix="raw/v1",
         credentials={"connection_string": _sas_connection_string(azurite, sas)},
     )
     assert "access denied" in message and "expired" in message
@@ -60,9 +74,15 @@ def test_expired_sas_token(uploaded: str, azurite: AzuriteServer, tmp_path: Path
 
 
 def test_valid_sas_token_works(uploaded: str, azurite: AzuriteServer, tmp_path: Path) -> None:
-    sas = _sas(uploaded, datetime.now(UTC) + timedelta(hours=1), ContainerSasPermissions(read=True, list=True))
+    sas = _sas(
+        uploaded,
+        datetime.now(UTC) + timedelta(hours=1),
+        ContainerSasPermissions(read=True, list=True),
+    )
     dataset = CachedBlobImageDataset(
-        container=uploaded, prefix="raw/v1", cache_dir=str(tmp_path / "cache"),
+        container=uploaded,
+        prefix="raw/v1",
+        cache_dir=str(tmp_path / "cache"),
         credentials={"connection_string": _sas_connection_string(azurite, sas)},
     )
     assert len(dataset.load()) == 12
@@ -70,14 +90,22 @@ def test_valid_sas_token_works(uploaded: str, azurite: AzuriteServer, tmp_path: 
 
 def test_missing_container(azurite: AzuriteServer, tmp_path: Path) -> None:
     message = _load_error(
-        tmp_path, container="no-such-container", prefix="raw/v1", credentials={"connection_string": azurite.connection_string}
+        tmp_path,
+        container="no-such-container",
+        prefix="raw/v1",
+        credentials={"connection_string": azurite.connection_string},
     )
     assert "container 'no-such-container' does not exist on account 'devstoreaccount1'" in message
 
 
-def test_empty_prefix_says_where_it_looked(uploaded: str, azurite: AzuriteServer, tmp_path: Path) -> None:
+def test_empty_prefix_says_where_it_looked(
+    uploaded: str, azurite: AzuriteServer, tmp_path: Path
+) -> None:
     message = _load_error(
-        tmp_path, container=uploaded, prefix="raw/v2", credentials={"connection_string": azurite.connection_string}
+        tmp_path,
+        container=uploaded,
+        prefix="raw/v2",
+        credentials={"connection_string": azurite.connection_string},
     )
     assert f"no blobs found under abfs://{uploaded}/raw/v2/" in message
     assert azurite.blob_endpoint in message and "covid_imaging.azure.upload" in message
@@ -85,27 +113,44 @@ def test_empty_prefix_says_where_it_looked(uploaded: str, azurite: AzuriteServer
 
 def test_blank_prefix_is_refused(azurite: AzuriteServer) -> None:
     with pytest.raises(DatasetError, match="'prefix' is empty"):
-        CachedBlobImageDataset(container="c", prefix=" / ", credentials={"connection_string": azurite.connection_string})
+        CachedBlobImageDataset(
+            container="c",
+            prefix=" / ",
+            credentials={"connection_string": azurite.connection_string},
+        )
 
 
-def test_unreadable_blob_names_the_blob(uploaded: str, azurite: AzuriteServer, tmp_path: Path) -> None:
+def test_unreadable_blob_names_the_blob(
+    uploaded: str, azurite: AzuriteServer, tmp_path: Path
+) -> None:
     """A SAS that may list but not read: listing works, every download is refused."""
     sas = _sas(uploaded, datetime.now(UTC) + timedelta(hours=1), ContainerSasPermissions(list=True))
     message = _load_error(
-        tmp_path, container=uploaded, prefix="raw/v1",
-        credentials={"connection_string": _sas_connection_string(azurite, sas)}, max_workers=1,
+        tmp_path,
+        container=uploaded,
+        prefix="raw/v1",
+        credentials={"connection_string": _sas_connection_string(azurite, sas)},
+        max_workers=1,
     )
-    assert "cannot read blob" in message and f"blob 'raw/v1/" in message and ".png'" in message
+    assert "cannot read blob" in message and "blob 'raw/v1/" in message and ".png'" in message
     assert "access denied" in message
 
 
 def test_unreachable_endpoint_is_retried_then_explained(tmp_path: Path) -> None:
-    closed = "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;" f"AccountKey={AZURITE_KEY};BlobEndpoint=http://127.0.0.1:9/devstoreaccount1;"
-    message = _load_error(tmp_path, container="c", prefix="raw", credentials={"connection_string": closed})
+    closed = (
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+        f"AccountKey={AZURITE_KEY};BlobEndpoint=http://127.0.0.1:9/devstoreaccount1;"
+    )
+    message = _load_error(
+        tmp_path, container="c", prefix="raw", credentials={"connection_string": closed}
+    )
     assert "cannot reach http://127.0.0.1:9/devstoreaccount1" in message
 
 
 def test_no_credentials_at_all(tmp_path: Path) -> None:
     message = _load_error(tmp_path, container="c", prefix="raw")
-    assert "no Azure Storage credentials found" in message and "AZURE_STORAGE_CONNECTION_STRING" in message
+    assert (
+        "no Azure Storage credentials found" in message
+        and "AZURE_STORAGE_CONNECTION_STRING" in message
+    )
     assert "container 'c'" in message

@@ -40,7 +40,9 @@ def missing_reason() -> str | None:
     if shutil.which("node") is None:
         return f"Node.js is not on PATH, so Azurite cannot run; {INSTALL_HINT}"
     if find_azurite_blob() is None:
-        return f"Azurite is not installed (no .azurite/node_modules/.bin/azurite-blob); {INSTALL_HINT}"
+        return (
+            f"Azurite is not installed (no .azurite/node_modules/.bin/azurite-blob); {INSTALL_HINT}"
+        )
     return None
 
 
@@ -80,13 +82,17 @@ class AzuriteServer:
             raise RuntimeError(reason)
         script = find_azurite_blob()
         self.port = _free_port()
+        self.workspace.mkdir(parents=True, exist_ok=True)
         log_path = self.workspace / "azurite.log"
         command = [
             shutil.which("node") or "node",
             str(script),
-            "--blobHost", "127.0.0.1",
-            "--blobPort", str(self.port),
-            "--location", str(self.workspace),
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            str(self.port),
+            "--location",
+            str(self.workspace),
             # azure-storage-blob 12.31 sends an x-ms-version newer than Azurite 3.37 knows.
             "--skipApiVersionCheck",
             "--loose",
@@ -94,7 +100,9 @@ class AzuriteServer:
             "--disableTelemetry",
         ]
         with open(log_path, "wb") as log:
-            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=self.workspace)
+            self._process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, cwd=self.workspace
+            )
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -104,7 +112,9 @@ class AzuriteServer:
                 return self
             time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"Azurite did not answer on 127.0.0.1:{self.port} within {self.startup_timeout_s:.0f}s")
+        raise RuntimeError(
+            f"Azurite did not answer on 127.0.0.1:{self.port} within {self.startup_timeout_s:.0f}s"
+        )
 
     def _answers(self) -> bool:
         try:
@@ -132,6 +142,9 @@ class AzuriteServer:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()

@@ -33,11 +33,15 @@ from typing import Any
 
 DEFAULT_CONNECTION_STRING_ENV = "AZURE_STORAGE_CONNECTION_STRING"
 DEFAULT_CREDENTIALS_KEY = "azure_storage"
-ALLOWED_KEYS = frozenset({"connection_string", "account_name", "account_key", "sas_token", "account_host"})
+ALLOWED_KEYS = frozenset(
+    {"connection_string", "account_name", "account_key", "sas_token", "account_host"}
+)
 
 # Azurite's documented development account (public, but still treated as a secret here).
 AZURITE_ACCOUNT = "devstoreaccount1"
-AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+AZURITE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
 
 
 class AzureCredentialsError(ValueError):
@@ -71,7 +75,9 @@ def register_secret(value: str | None) -> None:
     # Short strings would redact ordinary words; real keys and signatures are long.
     if value and len(value) >= 8:
         with _known_lock:
-            _known_secrets.update({value, urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value)})
+            _known_secrets.update(
+                {value, urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value)}
+            )
 
 
 def redact_secrets(text: str) -> str:
@@ -194,7 +200,11 @@ class BlobCredentials:
         if self.connection_string:
             return {"connection_string": self.connection_string}
         kwargs = {"account_name": self.account_name}
-        kwargs.update({"account_key": self.account_key} if self.account_key else {"sas_token": self.sas_token or ""})
+        kwargs.update(
+            {"account_key": self.account_key}
+            if self.account_key
+            else {"sas_token": self.sas_token or ""}
+        )
         if self.account_host:
             kwargs["account_host"] = self.account_host
         return kwargs
@@ -223,7 +233,9 @@ def credentials_from_mapping(values: Mapping[str, Any], source: str) -> BlobCred
     register_secret(sas)
     host = given.get("account_host")
     url = f"https://{host}" if host else f"https://{name}.blob.core.windows.net"
-    return BlobCredentials(name, url, source, account_key=key, sas_token=None if key else sas, account_host=host)
+    return BlobCredentials(
+        name, url, source, account_key=key, sas_token=None if key else sas, account_host=host
+    )
 
 
 def _from_connection_string(connection_string: str, source: str) -> BlobCredentials:
@@ -241,11 +253,15 @@ def _from_connection_string(connection_string: str, source: str) -> BlobCredenti
     endpoint = parts.get("blobendpoint")
     if not endpoint:
         if not parts.get("accountname"):
-            raise AzureCredentialsError(f"{source}: connection string has neither AccountName nor BlobEndpoint")
+            raise AzureCredentialsError(
+                f"{source}: connection string has neither AccountName nor BlobEndpoint"
+            )
         protocol = parts.get("defaultendpointsprotocol", "https")
         suffix = parts.get("endpointsuffix", "core.windows.net")
         endpoint = f"{protocol}://{parts['accountname']}.blob.{suffix}"
-    name = parts.get("accountname") or (urllib.parse.urlparse(endpoint).hostname or "?").split(".")[0]
+    name = (
+        parts.get("accountname") or (urllib.parse.urlparse(endpoint).hostname or "?").split(".")[0]
+    )
     return BlobCredentials(name, endpoint.rstrip("/"), source, connection_string=connection_string)
 
 
@@ -292,14 +308,24 @@ def resolve_credentials(
     environ = os.environ if environ is None else environ
     if credentials:
         return credentials_from_mapping(credentials, "the catalog entry's credentials")
+    unreadable = ""
     if use_project_credentials:
-        entry = load_project_credentials(credentials_key, project_path)
+        try:
+            entry = load_project_credentials(credentials_key, project_path)
+        except AzureCredentialsError as error:
+            # An unrelated broken entry (say an unset ${oc.env:...}) must not block the
+            # environment-variable route; the final error still mentions it.
+            entry, unreadable = None, f" ({error})"
         if entry:
-            return credentials_from_mapping(entry, f"conf/local/credentials.yml key '{credentials_key}'")
+            return credentials_from_mapping(
+                entry, f"conf/local/credentials.yml key '{credentials_key}'"
+            )
     connection_string = environ.get(connection_string_env, "").strip()
     if connection_string:
         register_secret(connection_string)
-        return _from_connection_string(connection_string, f"environment variable {connection_string_env}")
+        return _from_connection_string(
+            connection_string, f"environment variable {connection_string_env}"
+        )
     name = environ.get("AZURE_STORAGE_ACCOUNT_NAME", "").strip()
     key = environ.get("AZURE_STORAGE_ACCOUNT_KEY", "").strip()
     sas = environ.get("AZURE_STORAGE_SAS_TOKEN", "").strip()
@@ -308,7 +334,11 @@ def resolve_credentials(
             {"account_name": name, "account_key": key or None, "sas_token": sas or None},
             "environment variables AZURE_STORAGE_ACCOUNT_NAME/_KEY/_SAS_TOKEN",
         )
-    where = f"key '{credentials_key}' in conf/local/credentials.yml, " if use_project_credentials else ""
+    where = (
+        f"key '{credentials_key}' in conf/local/credentials.yml{unreadable}, "
+        if use_project_credentials
+        else ""
+    )
     raise AzureCredentialsError(
         f"no Azure Storage credentials found: looked for {where}environment variable "
         f"{connection_string_env}, and AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY "

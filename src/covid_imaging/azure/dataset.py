@@ -88,7 +88,9 @@ def _read_cached(path: Path, where: str) -> bytes:
     try:
         return path.read_bytes()
     except OSError as error:
-        raise DatasetError(f"{where}: cached copy {path} is unreadable ({error.strerror}); run again to re-download") from None
+        raise DatasetError(
+            f"{where}: cached copy {path} is unreadable ({error.strerror}); run again to re-download"
+        ) from None
 
 
 class CachedBlobImageDataset(AbstractDataset[None, dict[str, Callable[[], bytes]]]):
@@ -175,7 +177,12 @@ class CachedBlobImageDataset(AbstractDataset[None, dict[str, Callable[[], bytes]
         client = self._container_client(creds)
         try:
             return with_retries(
-                lambda: any(True for _ in client.list_blobs(name_starts_with=self._prefix + "/", results_per_page=1)),
+                lambda: any(
+                    True
+                    for _ in client.list_blobs(
+                        name_starts_with=self._prefix + "/", results_per_page=1
+                    )
+                ),
                 attempts=self._max_attempts,
                 backoff_s=self._backoff_s,
             )
@@ -198,12 +205,19 @@ class CachedBlobImageDataset(AbstractDataset[None, dict[str, Callable[[], bytes]
         if wanted:
             logger.info(
                 "Downloading %d of %d blobs from abfs://%s/%s/ (%d workers)",
-                len(wanted), len(listed), self._container, self._prefix, self._max_workers,
+                len(wanted),
+                len(listed),
+                self._container,
+                self._prefix,
+                self._max_workers,
             )
         pool = ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="blob-download")
         futures: dict[Future[tuple[BlobVersion, int]], str] = {}
         try:
-            futures = {pool.submit(self._download, client, creds, key, files_root / key): key for key in wanted}
+            futures = {
+                pool.submit(self._download, client, creds, key, files_root / key): key
+                for key in wanted
+            }
             for future in as_completed(futures):
                 future.result()  # the first failure stops the load
         finally:
@@ -224,7 +238,12 @@ class CachedBlobImageDataset(AbstractDataset[None, dict[str, Callable[[], bytes]
         self.last_load_stats = stats
         logger.info(
             "abfs://%s/%s/: %d files (%d downloaded, %d from cache %s)",
-            self._container, self._prefix, stats.listed, stats.downloaded, stats.from_cache, cache_root,
+            self._container,
+            self._prefix,
+            stats.listed,
+            stats.downloaded,
+            stats.from_cache,
+            cache_root,
         )
         return {
             self._key(name): partial(_read_cached, files_root / name, self._where(name))
@@ -235,9 +254,13 @@ class CachedBlobImageDataset(AbstractDataset[None, dict[str, Callable[[], bytes]
 
     def _where(self, blob_key: str | None = None) -> str:
         path = f"{self._prefix}/{blob_key}" if blob_key else f"{self._prefix}/"
-        return f"Azure blob container '{self._container}', {'blob' if blob_key else 'prefix'} '{path}'"
+        return (
+            f"Azure blob container '{self._container}', {'blob' if blob_key else 'prefix'} '{path}'"
+        )
 
-    def _error(self, error: BaseException, creds: BlobCredentials, action: str, blob_key: str | None = None) -> DatasetError:
+    def _error(
+        self, error: BaseException, creds: BlobCredentials, action: str, blob_key: str | None = None
+    ) -> DatasetError:
         reason = explain(error, creds)
         if getattr(error, "error_code", None) == "ContainerNotFound":
             reason = f"container '{self._container}' does not exist on account '{creds.account_name}' ({creds.account_url})"
@@ -255,7 +278,9 @@ class CachedBlobImageDataset(AbstractDataset[None, dict[str, Callable[[], bytes]
         try:
             service = creds.service_client(**make_client_kwargs(self._max_workers))
         except ValueError as error:  # malformed connection string or URL
-            raise DatasetError(f"{self._where()}: invalid {creds.source}: {explain(error, creds)}") from None
+            raise DatasetError(
+                f"{self._where()}: invalid {creds.source}: {explain(error, creds)}"
+            ) from None
         return service.get_container_client(self._container)
 
     def _key(self, name: str) -> str:
@@ -269,9 +294,13 @@ class CachedBlobImageDataset(AbstractDataset[None, dict[str, Callable[[], bytes]
         def list_once() -> dict[str, BlobVersion]:
             found: dict[str, BlobVersion] = {}
             for blob in client.list_blobs(name_starts_with=start):
-                name = blob.name[len(start):]
+                name = blob.name[len(start) :]
                 # Folder placeholders (hierarchical namespace, some upload tools) are not files.
-                if not name or name.endswith("/") or (blob.metadata or {}).get("hdi_isfolder") == "true":
+                if (
+                    not name
+                    or name.endswith("/")
+                    or (blob.metadata or {}).get("hdi_isfolder") == "true"
+                ):
                     continue
                 if not name.endswith(self._filename_suffix):
                     continue
@@ -285,7 +314,9 @@ class CachedBlobImageDataset(AbstractDataset[None, dict[str, Callable[[], bytes]
         for name in listed:
             parts = PurePosixPath(name).parts
             if ".." in parts or name.startswith("/"):
-                raise DatasetError(f"{self._where(name)}: unsafe blob name (contains '..'); rename or delete it")
+                raise DatasetError(
+                    f"{self._where(name)}: unsafe blob name (contains '..'); rename or delete it"
+                )
         if not listed:
             suffix = f" ending with '{self._filename_suffix}'" if self._filename_suffix else ""
             raise DatasetError(
@@ -302,7 +333,9 @@ class CachedBlobImageDataset(AbstractDataset[None, dict[str, Callable[[], bytes]
         except OSError:
             return False
 
-    def _download(self, client: Any, creds: BlobCredentials, key: str, target: Path) -> tuple[BlobVersion, int]:
+    def _download(
+        self, client: Any, creds: BlobCredentials, key: str, target: Path
+    ) -> tuple[BlobVersion, int]:
         blob_name = f"{self._prefix}/{key}"
 
         def fetch() -> tuple[bytes, BlobVersion]:
@@ -317,13 +350,17 @@ class CachedBlobImageDataset(AbstractDataset[None, dict[str, Callable[[], bytes]
             return data, _version(props.etag, props.size, props.last_modified)
 
         try:
-            data, version = with_retries(fetch, attempts=self._max_attempts, backoff_s=self._backoff_s)
+            data, version = with_retries(
+                fetch, attempts=self._max_attempts, backoff_s=self._backoff_s
+            )
         except Exception as error:
             raise self._error(error, creds, "cannot read blob", key) from None
         try:
             atomic_write_bytes(fsspec.filesystem("file"), str(target), data)
         except OSError as error:
-            raise DatasetError(f"{self._where(key)}: cannot write cache file {target}: {error.strerror}") from None
+            raise DatasetError(
+                f"{self._where(key)}: cannot write cache file {target}: {error.strerror}"
+            ) from None
         return version, len(data)
 
     @staticmethod

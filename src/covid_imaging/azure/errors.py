@@ -30,7 +30,9 @@ class TransientBlobError(Exception):
 
 def is_transient(error: BaseException) -> bool:
     """Network failures, throttling and server-side 5xx errors are worth retrying."""
-    if isinstance(error, ServiceRequestError | ServiceResponseError | IncompleteReadError | TransientBlobError):
+    if isinstance(
+        error, ServiceRequestError | ServiceResponseError | IncompleteReadError | TransientBlobError
+    ):
         return True
     if isinstance(error, HttpResponseError):
         return error.status_code in TRANSIENT_STATUS
@@ -66,7 +68,10 @@ def _first_line(error: BaseException) -> str:
 def _network_reason(error: BaseException) -> str:
     # urllib3 nests the useful part ("[Errno 111] Connection refused") deep in a long line.
     text = _first_line(error)
-    found = re.search(r"\[Errno -?\d+\][^\"')]*|timed out|Name or service not known|certificate verify failed", text)
+    found = re.search(
+        r"\[Errno -?\d+\][^\"')]*|timed out|Name or service not known|certificate verify failed",
+        text,
+    )
     return found.group(0).strip() if found else text
 
 

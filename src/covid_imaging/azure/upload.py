@@ -24,7 +24,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import ContentSettings
@@ -73,7 +72,11 @@ def _md5(path: Path) -> tuple[bytes, int]:
 
 def local_files(folder: Path) -> dict[str, Path]:
     """Every regular file under ``folder``, keyed by its POSIX path relative to it."""
-    return {path.relative_to(folder).as_posix(): path for path in sorted(folder.rglob("*")) if path.is_file()}
+    return {
+        path.relative_to(folder).as_posix(): path
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
 
 
 def upload_folder(
@@ -105,7 +108,9 @@ def upload_folder(
     if not files:
         raise UploadError(f"local folder {folder} has no files to upload")
     report = UploadReport()
-    client = credentials.service_client(**make_client_kwargs(max_workers)).get_container_client(container)
+    client = credentials.service_client(**make_client_kwargs(max_workers)).get_container_client(
+        container
+    )
 
     def fail(error: BaseException, action: str) -> UploadError:
         reason = explain(error, credentials)
@@ -124,7 +129,9 @@ def upload_folder(
         if getattr(error, "error_code", None) != "ContainerNotFound":
             raise fail(error, "cannot list blobs") from None
         if not create_container:
-            raise UploadError(f"{where}: container does not exist; pass --create-container to create it") from None
+            raise UploadError(
+                f"{where}: container does not exist; pass --create-container to create it"
+            ) from None
         try:
             client.create_container()
             report.container_created = True
@@ -150,10 +157,22 @@ def upload_folder(
                 data = path.read_bytes()
                 if hashlib.md5(data).digest() != md5:  # noqa: S324
                     raise UploadError(f"{path} changed while uploading; run again")
-                client.upload_blob(f"{prefix}/{key}", data, overwrite=True, content_settings=settings, validate_content=True)
+                client.upload_blob(
+                    f"{prefix}/{key}",
+                    data,
+                    overwrite=True,
+                    content_settings=settings,
+                    validate_content=True,
+                )
             else:
                 with open(path, "rb") as handle:
-                    client.upload_blob(f"{prefix}/{key}", handle, length=size, overwrite=True, content_settings=settings)
+                    client.upload_blob(
+                        f"{prefix}/{key}",
+                        handle,
+                        length=size,
+                        overwrite=True,
+                        content_settings=settings,
+                    )
 
         try:
             with_retries(send, attempts=max_attempts, backoff_s=retry_backoff_s)
@@ -163,7 +182,9 @@ def upload_folder(
             return key, "failed: " + explain(error, credentials), 0
         return key, "uploaded", size
 
-    with ThreadPoolExecutor(max_workers=max(1, max_workers), thread_name_prefix="blob-upload") as pool:
+    with ThreadPoolExecutor(
+        max_workers=max(1, max_workers), thread_name_prefix="blob-upload"
+    ) as pool:
         for key, outcome, size in pool.map(upload_one, sorted(files)):
             if outcome == "uploaded":
                 report.uploaded.append(key)
@@ -181,14 +202,22 @@ def _credentials_for_cli(connection_string_env: str | None) -> BlobCredentials:
     if connection_string_env:
         value = os.environ.get(connection_string_env, "").strip()
         if not value:
-            raise AzureCredentialsError(f"environment variable {connection_string_env} is not set or empty")
-        return credentials_from_mapping({"connection_string": value}, f"environment variable {connection_string_env}")
+            raise AzureCredentialsError(
+                f"environment variable {connection_string_env} is not set or empty"
+            )
+        return credentials_from_mapping(
+            {"connection_string": value}, f"environment variable {connection_string_env}"
+        )
     return resolve_credentials()
 
 
 def _summarise(names: list[str], limit: int, verbose: bool) -> str:
     shown = names if verbose else names[:limit]
-    more = "" if len(shown) == len(names) else f"\n    ... and {len(names) - len(shown)} more (--verbose lists all)"
+    more = (
+        ""
+        if len(shown) == len(names)
+        else f"\n    ... and {len(names) - len(shown)} more (--verbose lists all)"
+    )
     return "".join(f"\n    {name}" for name in shown) + more
 
 
@@ -202,7 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Upload a local image folder to Azure Blob Storage under <container>/<prefix>/, "
         "skipping blobs that already hold the same content (size + MD5).",
     )
-    parser.add_argument("folder", type=Path, help="local folder to upload (its subfolders become blob paths)")
+    parser.add_argument(
+        "folder", type=Path, help="local folder to upload (its subfolders become blob paths)"
+    )
     parser.add_argument("--container", required=True, help="blob container name")
     parser.add_argument("--prefix", required=True, help="folder inside the container, e.g. raw/v1")
     parser.add_argument(
@@ -211,9 +242,13 @@ def main(argv: list[str] | None = None) -> int:
         help="read the connection string from this environment variable (default: key azure_storage "
         "of conf/local/credentials.yml, then AZURE_STORAGE_CONNECTION_STRING)",
     )
-    parser.add_argument("--create-container", action="store_true", help="create the container if it is missing")
+    parser.add_argument(
+        "--create-container", action="store_true", help="create the container if it is missing"
+    )
     parser.add_argument("--max-workers", type=int, default=8, help="parallel uploads (default 8)")
-    parser.add_argument("--verbose", "-v", action="store_true", help="print every file as it is handled")
+    parser.add_argument(
+        "--verbose", "-v", action="store_true", help="print every file as it is handled"
+    )
     args = parser.parse_args(argv)
 
     try:

@@ -230,6 +230,19 @@ class _Canvas:
         )
         return self
 
+    def lines(self, paths, value: float, width: float, closed: bool = False) -> _Canvas:
+        """Several polylines of one value and width in a single draw call."""
+        cv2.polylines(
+            self.img,
+            [self.px(q) for q in paths],
+            closed,
+            int(value),
+            self.width_px(width),
+            cv2.LINE_AA,
+            _SHIFT,
+        )
+        return self
+
     def segments(self, p0, p1, values, widths) -> _Canvas:
         """Many straight segments (vectorised coordinate transform, one draw call each)."""
         if len(p0) == 0:
@@ -347,8 +360,8 @@ def _tree(rng, root, angle, length, width, depth, spread=(14.0, 34.0), shrink=0.
     return np.array(starts), np.array(ends), levels, widths
 
 
-def _lut_u8(points: list[float]) -> np.ndarray:
-    return np.clip(np.rint(np.array(points, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
+def _lut_u8(points) -> np.ndarray:
+    return np.clip(np.rint(np.asarray(points, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------
@@ -425,15 +438,15 @@ def _sample_cxr_patient(rng: np.random.Generator) -> _CxrPatient:
     # ventricle (apex), left atrial appendage, pulmonary trunk, aortic knob
     mw = rng.uniform(0.042, 0.058)
     xr = rng.uniform(0.415, 0.44)  # right heart border
-    xl = rng.uniform(0.67, 0.75)  # left ventricular apex
+    xl = rng.uniform(0.64, 0.71)  # left ventricular apex
     hd = dia * 0.8 + rng.uniform(-0.015, 0.015)  # the heart rests on the diaphragm
     kx, ky = rng.uniform(0.585, 0.61), rng.uniform(0.28, 0.32)
     med = np.array(
         [
             (0.5 - mw, -0.25), (0.5 - mw, 0.12), (0.5 - mw - 0.01, 0.28), (0.5 - mw - 0.014, 0.42),
             (xr + 0.012, 0.5 + hd), (xr, 0.6 + hd), (xr + 0.004, 0.69 + hd), (xr + 0.02, 0.77 + hd),
-            (0.5, 0.85 + hd), (xl - 0.03, 0.83 + hd), (xl, 0.765 + hd), (xl - 0.015, 0.67 + hd),
-            (xl * 0.5 + 0.31, 0.57 + hd), (0.618, 0.5 + hd * 0.5), (0.61, 0.44), (0.6, 0.38),
+            (0.5, 0.85 + hd), (xl - 0.04, 0.83 + hd), (xl, 0.76 + hd), (xl - 0.008, 0.68 + hd),
+            (xl * 0.5 + 0.3, 0.59 + hd), (0.6, 0.52 + hd * 0.5), (0.597, 0.45), (0.59, 0.39),
             (kx, ky + 0.025), (kx - 0.004, ky - 0.025), (0.5 + mw + 0.012, 0.22),
             (0.5 + mw, 0.12), (0.5 + mw, -0.25),
         ]
@@ -464,7 +477,7 @@ def _sample_cxr_patient(rng: np.random.Generator) -> _CxrPatient:
         rib_y0=y0,
         rib_width=rng.uniform(0.019, 0.026),
         clav_y=rng.uniform(0.13, 0.19),
-        clav_tilt=rng.uniform(0.02, 0.07),
+        clav_tilt=rng.uniform(0.04, 0.09),
         brightness=rng.uniform(-0.05, 0.05),
         contrast=rng.uniform(0.85, 1.15),
         gamma=rng.uniform(0.8, 1.25),
@@ -505,18 +518,18 @@ def _sample_cxr_lesions(rng, label: str, right: np.ndarray, left: np.ndarray) ->
         # peripheral and basal: weight = lateral^2 * lower^2 inside the lung
         w = lateral * lateral * (0.15 + lower * lower)
         patches = []
-        n_total = int(rng.integers(4, 10))
+        n_total = int(rng.integers(5, 12))
         n_right = max(1, min(n_total - 1, int(rng.binomial(n_total, 0.5))))
         for mask, n_side in ((m_right, n_right), (m_left, n_total - n_right)):
             weights = np.rint((mask > 0) * w * 255.0).astype(np.uint8)
             for x, y in _sample_points(rng, weights, n_side):
                 patches.append(
-                    (x, y, rng.uniform(0.035, 0.085), rng.uniform(0.03, 0.065),
+                    (x, y, rng.uniform(0.04, 0.1), rng.uniform(0.035, 0.075),
                      rng.uniform(0, 180), rng.uniform(0.55, 1.0))
                 )  # fmt: skip
         return {
             "patches": patches,
-            "density": float(rng.uniform(0.45, 0.7)),
+            "density": float(rng.uniform(0.6, 0.85)),
             "paving": float(rng.uniform(0.0, 0.5)),
         }
     if label == "bacterial":
@@ -558,9 +571,9 @@ def _sample_cxr_lesions(rng, label: str, right: np.ndarray, left: np.ndarray) ->
         }
     if label == "viral":
         return {
-            "density": float(rng.uniform(0.3, 0.5)),
+            "density": float(rng.uniform(0.4, 0.6)),
             "spread": float(rng.uniform(0.09, 0.16)),
-            "cells": int(rng.integers(30, 44)),
+            "cells": int(rng.integers(44, 60)),
             "haze": float(rng.uniform(0.06, 0.14)),
         }
     raise ValueError(f"unknown chest X-ray label {label!r}; expected one of {CXR_CLASSES}")
@@ -592,8 +605,8 @@ def _rib_paths(p: _CxrPatient) -> tuple[list[np.ndarray], list[np.ndarray]]:
     for i, y0 in enumerate(p.rib_y0):
         narrow = 0.62 + 0.38 * min(1.0, i / 4.0)  # upper ribs are short and tight
         ctrl = np.array(
-            [(0.47, y0), (0.40, y0 - 0.032), (0.30, y0 - 0.03), (0.2, y0 + 0.005),
-             (0.135, y0 + 0.07), (0.105, y0 + 0.16)]
+            [(0.47, y0), (0.40, y0 - 0.04), (0.30, y0 - 0.036), (0.21, y0 + 0.0),
+             (0.145, y0 + 0.065), (0.11, y0 + 0.16)]
         )  # fmt: skip
         ctrl[:, 0] = 0.5 - (0.5 - ctrl[:, 0]) * narrow
         ctrl[:, 1] = y0 + (ctrl[:, 1] - y0) * (0.55 + 0.45 * narrow)
@@ -677,11 +690,13 @@ def _render_cxr(p: _CxrPatient, rng: np.random.Generator, size: int):
     # ---- vessels and hila ----------------------------------------------------------
     vrng = np.random.default_rng(p.vessel_seed)
     vcan = _Canvas(S, tf)
-    for hilum, base_angle in (((0.445, 0.46), 180.0), ((0.56, 0.47), 0.0)):
-        for k in range(7):
-            ang = base_angle + (k - 3) * 26.0 * (1 if base_angle == 0 else -1) + vrng.normal(0, 8)
-            a, b, lev, wid = _tree(vrng, hilum, ang, vrng.uniform(0.07, 0.1), 0.0085, 4)
-            vcan.segments(a, b, [235 - 35 * v for v in lev], wid)
+    for (hx, hy), base_angle in (((0.445, 0.46), 180.0), ((0.56, 0.47), 0.0)):
+        sgn = 1.0 if base_angle == 0 else -1.0
+        for k in range(10):
+            ang = base_angle + (k - 4.5) * 17.0 * sgn + vrng.normal(0, 7)
+            root = (hx + sgn * vrng.uniform(-0.01, 0.02), hy + vrng.uniform(-0.06, 0.06))
+            a, b, lev, wid = _tree(vrng, root, ang, vrng.uniform(0.05, 0.075), 0.0075, 5)
+            vcan.segments(a, b, [230 - 30 * v for v in lev], wid)
     vessels = _unit(_blur(vcan.img, 0.0035 * S))
     hila = _soft(
         S, 0.018, lambda c: c.polys([_ellipse(0.455, 0.46, 0.03, 0.05), _ellipse(0.55, 0.46, 0.03, 0.05)], 255), tf
@@ -690,12 +705,8 @@ def _render_cxr(p: _CxrPatient, rng: np.random.Generator, size: int):
     # ---- bones -----------------------------------------------------------------------
     posterior, anterior = _rib_paths(p)
     ribs_c = _Canvas(S, tf)
-    for path in posterior:
-        ribs_c.line(path, 255, p.rib_width)
-        ribs_c.line(path, 150, p.rib_width * 0.55)
-    for path in anterior:
-        ribs_c.line(path, 120, p.rib_width * 0.85)
-        ribs_c.line(path, 70, p.rib_width * 0.4)
+    ribs_c.lines(posterior, 255, p.rib_width).lines(posterior, 150, p.rib_width * 0.55)
+    ribs_c.lines(anterior, 160, p.rib_width * 0.85).lines(anterior, 100, p.rib_width * 0.45)
     ribs = _unit(_blur(ribs_c.img, 0.003 * S))
 
     clav_c = _Canvas(S, tf)
@@ -711,34 +722,44 @@ def _render_cxr(p: _CxrPatient, rng: np.random.Generator, size: int):
         scap = np.array([(0.2, p.clav_y), (0.16, 0.3), (0.15, 0.45), (0.17, 0.52)])
         if s > 0:
             scap[:, 0] = 1.0 - scap[:, 0]
-        clav_c.line(_spline(scap, 6, closed=False), 90, 0.01)
+        clav_c.line(_spline(scap, 6, closed=False), 60, 0.01)
         if p.arms:
-            hum = _ellipse(0.035, p.shoulder_y + 0.1, 0.06, 0.07, 0, 32)
+            hum = _ellipse(-0.005, p.shoulder_y + 0.11, 0.055, 0.065, 0, 32)
             if s > 0:
                 hum[:, 0] = 1.0 - hum[:, 0]
-            clav_c.poly(hum, 150)
-            clav_c.line(hum, 230, 0.008, closed=True)
+            clav_c.poly(hum, 80)
+            clav_c.line(hum, 110, 0.008, closed=True)
     clav = _unit(_blur(clav_c.img, 0.003 * S))
 
     spine_c = _Canvas(S, tf)
-    spine_c.poly(np.array([(0.462, -0.2), (0.538, -0.2), (0.542, 1.2), (0.458, 1.2)]), 60)
+    spine_c.poly(np.array([(0.462, -0.2), (0.538, -0.2), (0.542, 1.2), (0.458, 1.2)]), 70)
     step = 0.047
-    ys = np.arange(-0.02, 1.05, step) + (p.rib_y0[0] % step)
-    for yk in ys:
+    bodies, pedicles, processes = [], [], []
+    for yk in np.arange(-0.02, 1.05, step) + (p.rib_y0[0] % step):
         w = 0.036 + 0.008 * yk
-        spine_c.poly(np.array([(0.5 - w, yk), (0.5 + w, yk), (0.5 + w, yk + step * 0.8), (0.5 - w, yk + step * 0.8)]), 120)
+        h = step * 0.8
+        bodies.append(np.array([(0.5 - w, yk), (0.5 + w, yk), (0.5 + w, yk + h), (0.5 - w, yk + h)]))
         for s in (-1.0, 1.0):
-            spine_c.line(_ellipse(0.5 + s * w * 0.78, yk + step * 0.3, 0.008, 0.012, 0, 16), 235, 0.004, closed=True)
-        spine_c.poly(_ellipse(0.5, yk + step * 0.55, 0.006, 0.012, 0, 12), 210)
+            pedicles.append(_ellipse(0.5 + s * w * 0.78, yk + step * 0.3, 0.008, 0.012, 0, 16))
+        processes.append(_ellipse(0.5, yk + step * 0.55, 0.006, 0.012, 0, 12))
+    spine_c.polys(bodies, 110).polys(processes, 150).lines(pedicles, 180, 0.004, closed=True)
     spine = _unit(_blur(spine_c.img, 0.004 * S))
 
     # ---- composition (attenuation-like units) ----------------------------------------
     a = _F32(0.04) + _F32(0.8) * tissue
     a = a - _F32(0.42) * air - _F32(0.08) * airway * (_F32(1.0) - lung_soft * _F32(0.5))
     a = a + _F32(0.1) * med_soft * body
-    a = a + _F32(0.06) * hila + _F32(0.09) * vessels * lung_soft * (_F32(1.0) - fill)
-    a = a + _F32(0.13) * ribs * body + _F32(0.14) * clav * body
-    a = a + _F32(0.08) * spine * body
+    a = a + _F32(0.06) * hila + _F32(0.085) * vessels * lung_soft * (_F32(1.0) - fill)
+    # bones show best against lung air; over thick soft tissue the film is saturated
+    bone_vis = body * (_F32(0.35) + _F32(0.65) * lung_depth)
+    a = a + _F32(0.11) * ribs * bone_vis + _F32(0.11) * clav * body
+    a = a + _F32(0.06) * spine * body
+    a = a + _F32(0.025) * lung_soft * _smooth_noise(rng, S, S // 10)  # parenchymal texture
+    # liver and spleen under the domes: as dense as the heart, which merges into them
+    rb, lb = p.right[_LOWER_IDX], p.left[_LOWER_IDX]
+    below = np.concatenate([rb[1:-1], lb[::-1][1:-1], [(1.2, 0.95), (1.2, 1.3), (-0.2, 1.3), (-0.2, 0.95)]])
+    abdomen = _soft(S, 0.012, lambda c: c.poly(below, 255), tf)
+    a = a + _F32(0.1) * abdomen * body
     if p.bubble is not None:
         bx, bw, bh, _ = p.bubble
         dome = float(p.left[_LOWER_IDX, 1].max())
@@ -770,14 +791,12 @@ def _tone_map(a: np.ndarray, p: _CxrPatient, rng: np.random.Generator) -> np.nda
     gamma = p.gamma * rng.uniform(0.95, 1.05)
     contrast = p.contrast * rng.uniform(0.96, 1.04)
     bright = p.brightness + rng.uniform(-0.02, 0.02)
-    lut = []
-    for i in range(n):
-        v = lo + (hi - lo) * i / (n - 1)
-        v = min(max((v - 0.02) * contrast + bright, 0.0), 1.12)
-        # soft shoulder: highlights compress, the densest parts stay just below white
-        y = math.pow(v / 1.12, gamma) * 1.12
-        y = y / (1.0 + 0.25 * y * y)
-        lut.append(y / (1.12 / (1.0 + 0.25 * 1.12 * 1.12)) * 0.97 + 0.015)
+    v = lo + (hi - lo) * np.arange(n, dtype=np.float64) / (n - 1)
+    v = np.clip((v - 0.02) * contrast + bright, 0.0, 1.12) / 1.12
+    y = np.array([math.pow(x, gamma) for x in v.tolist()]) * 1.12
+    # soft shoulder: highlights compress, the densest parts stay just below white
+    y = y / (1.0 + 0.25 * y * y)
+    lut = y / (1.12 / (1.0 + 0.25 * 1.12 * 1.12)) * 0.97 + 0.015
     table = _lut_u8(lut)
     idx = np.rint((np.clip(a, lo, hi) - _F32(lo)) * _F32((n - 1) / (hi - lo))).astype(np.intp)
     return table[idx]
@@ -799,7 +818,7 @@ def _cxr_lesion_fill(
 
         patches = _soft(S, 0.022, paint, tf)
         # patchy, mottled ground glass with a faint reticular (crazy paving) component
-        mottle = np.clip(_F32(0.62) + _F32(0.28) * _smooth_noise(rng, S, 14), 0.0, 1.0)
+        mottle = np.clip(_F32(0.75) + _F32(0.25) * _smooth_noise(rng, S, 14), 0.0, 1.0)
         net = _smooth_noise(rng, S, max(8, S // 10))
         lines = np.clip(_F32(1.0) - np.abs(net) * _F32(3.0), 0.0, 1.0)
         tex = mottle + _F32(les["paving"]) * _F32(0.45) * lines
@@ -817,7 +836,8 @@ def _cxr_lesion_fill(
         above = les["lobe"] == "upper"
         edge_y = -0.3 if above else 1.3
         region = np.concatenate([fiss, [(1.0, edge_y), (0.0, edge_y)]], 0)
-        sharp = 0.0025 if les["lobe"] != "lower" else 0.009
+        # the horizontal fissure (right upper / middle lobe) gives a sharp border
+        sharp = 0.0025 if side == "right" and les["lobe"] != "lower" else 0.016
         lobe = _soft(S, sharp, lambda c: c.poly(region, 255), tf)
         env = _soft(S, 0.03, lambda c: c.poly(_ellipse(cx, cy, ex, ey, 0.0, 32), 255), tf)
         lung_side = _Canvas(S, tf).poly(_spline(p.right if side == "right" else p.left), 255).img
@@ -851,13 +871,13 @@ def _cxr_lesion_fill(
         net = _smooth_noise(rng, S, les["cells"])
         net2 = _smooth_noise(rng, S, les["cells"] * 3 // 2)
         lines = np.clip(_F32(1.0) - np.abs(net) * _F32(3.0), 0.0, 1.0)
-        lines2 = np.clip(_F32(1.0) - np.abs(net2) * _F32(3.5), 0.0, 1.0)
+        lines2 = np.clip(net2 - _F32(0.8), 0.0, 1.0)  # reticulonodular dots
         # peribronchial thickening: thick streaks radiating from the hila
         sc = _Canvas(S, tf)
         for hilum, base in (((0.445, 0.46), 180.0), ((0.56, 0.47), 0.0)):
-            for k in range(9):
-                ang = base + (k - 4) * 20.0 * (1 if base == 0 else -1) + rng.normal(0, 6)
-                a0, b0, lev, wid = _tree(rng, hilum, ang, rng.uniform(0.06, 0.09), 0.012, 3, (15, 30))
+            for k in range(13):
+                ang = base + (k - 6) * 14.0 * (1 if base == 0 else -1) + rng.normal(0, 6)
+                a0, b0, lev, wid = _tree(rng, hilum, ang, rng.uniform(0.05, 0.08), 0.008, 4, (12, 28))
                 sc.segments(a0, b0, [200] * len(lev), wid)
         streaks = _unit(_blur(sc.img, 0.005 * S))
         pattern = _F32(0.45) * lines + _F32(0.3) * lines2 + _F32(0.35) * streaks
@@ -893,3 +913,270 @@ def synthetic_chest_xray(
     patient = _sample_cxr_patient(np.random.default_rng(anatomy_seed))
     _attach_cxr_lesions(patient, np.random.default_rng(lesion_seed), label)
     return _render_cxr(patient, np.random.default_rng(image_seed), size)
+
+
+# --------------------------------------------------------------------------------------
+# Chest CT (axial slice, lung window)
+# --------------------------------------------------------------------------------------
+
+_HU_LO, _HU_STEP = -1024.0, 8.0  # uint8 canvases hold HU as (HU - _HU_LO) / _HU_STEP
+
+
+def _hu(value: float) -> int:
+    return int(min(255, max(0, round((value - _HU_LO) / _HU_STEP))))
+
+
+@dataclass
+class _CtPatient:
+    body: tuple[float, float, float, float]  # cx, cy, ax, ay
+    fat: float
+    cavity: tuple[float, float, float, float]
+    heart_scale: float
+    heart_shift: float
+    window: tuple[float, float]
+    noise: float
+    sx: float
+    rot: float
+    tx: float
+    ty: float
+    table: bool
+    arms_up: bool
+
+
+def _sample_ct_patient(rng: np.random.Generator) -> _CtPatient:
+    bw = rng.uniform(0.4, 0.46)
+    bh = bw * rng.uniform(0.62, 0.75)
+    cy = rng.uniform(0.48, 0.53)
+    fat = rng.uniform(0.01, 0.045)
+    wall = fat + rng.uniform(0.03, 0.045)
+    return _CtPatient(
+        body=(0.5, cy, bw, bh),
+        fat=fat,
+        cavity=(0.5, cy + 0.01, bw - wall, bh - wall),
+        heart_scale=rng.uniform(0.85, 1.15),
+        heart_shift=rng.uniform(-0.02, 0.02),
+        window=(rng.uniform(-660.0, -520.0), rng.uniform(1000.0, 1300.0)),
+        noise=rng.uniform(12.0, 30.0),
+        sx=rng.uniform(1.0, 1.12),
+        rot=rng.normal(0.0, 2.0),
+        tx=rng.uniform(-0.02, 0.02),
+        ty=rng.uniform(-0.02, 0.02),
+        table=bool(rng.random() < 0.7),
+        arms_up=bool(rng.random() < 0.8),
+    )
+
+
+# Right lung (image left) in cavity units: u lateral (-1 = right wall), v antero-posterior
+# (-1 = anterior); the left lung mirrors it with a deeper indentation for the heart.
+_CT_LUNG_UV = np.array(
+    [
+        (-0.07, -0.9), (-0.45, -0.95), (-0.78, -0.7), (-0.96, -0.2), (-0.93, 0.35),
+        (-0.76, 0.78), (-0.48, 0.98), (-0.2, 1.0), (-0.17, 0.74), (-0.27, 0.42),
+        (-0.33, 0.08), (-0.3, -0.25), (-0.15, -0.68),
+    ]
+)  # fmt: skip
+_CT_MEDIAL = np.array([0.5, 0.2, 0, 0, 0, 0, 0, 0, 0, 0, 0.3, 1.0, 1.0])  # heart indentation weights
+
+
+def _ct_lungs(p: _CtPatient, z: float, rng: np.random.Generator) -> list[np.ndarray]:
+    """Both lung outlines at level z (0 = apex, 1 = base) as closed control polygons."""
+    kx, ky, ax, ay = p.cavity
+    heart = 0.2 * p.heart_scale * min(1.0, max(0.0, (z - 0.3) / 0.25))
+    lungs = []
+    for side in (-1.0, 1.0):  # -1: patient's right lung on the image left
+        uv = _CT_LUNG_UV + rng.normal(0.0, 0.02, _CT_LUNG_UV.shape)
+        u = uv[:, 0] - _CT_MEDIAL * heart * (0.45 if side < 0 else 1.0)
+        u = np.minimum(u, -0.1)
+        lungs.append(np.stack([kx - side * u * ax, ky + uv[:, 1] * ay], -1))
+    return lungs
+
+
+def _render_ct(p: _CtPatient, rng: np.random.Generator, size: int, z: float, label: str):
+    S = size
+    level_scale = 0.86 + 0.14 * math.sin(math.pi * min(1.0, 0.2 + z * 0.8))  # smaller near the apex
+    tf = _Affine.make(
+        p.sx * level_scale, p.sx * level_scale, p.rot + rng.normal(0.0, 0.5), p.tx, p.ty
+    )
+    X, Y = _coords(S)
+    cx, cy, bw, bh = p.body
+    c = _Canvas(S, tf)
+    # table, body (fat), muscle
+    if p.table:
+        ty = cy + bh + 0.035
+        c.line(_spline([(0.08, ty - 0.03), (0.5, ty), (0.92, ty - 0.03)], 8, False), _hu(-300), 0.008)
+        c.line(_spline([(0.1, ty + 0.015), (0.5, ty + 0.045), (0.9, ty + 0.015)], 8, False), _hu(-600), 0.004)
+    body = _ellipse(cx, cy, bw, bh, 0, 64)
+    body[:, 1] = np.minimum(body[:, 1], cy + bh * 0.9)  # flattened back on the table
+    c.poly(body, _hu(40))
+    c.poly(_ellipse(cx, cy, bw - 0.004, bh - 0.004, 0, 64), _hu(-100))
+    mus = _ellipse(cx, cy + 0.005, bw - p.fat, bh - p.fat, 0, 64)
+    c.poly(mus, _hu(45))
+    if p.arms_up:
+        pass
+    else:
+        for s in (-1.0, 1.0):
+            c.poly(_ellipse(cx + s * (bw + 0.05), cy, 0.045, 0.08, 0, 32), _hu(40))
+            c.poly(_ellipse(cx + s * (bw + 0.05), cy, 0.015, 0.02, 0, 16), _hu(700))
+    # scapulae: thin bones behind the posterior-lateral ribs
+    kx, ky, ax, ay = p.cavity
+    for s in (-1.0, 1.0):
+        sc = np.array([(kx + s * ax * 0.55, ky + ay * 1.12), (kx + s * ax * 0.85, ky + ay * 0.9),
+                       (kx + s * ax * 1.05, ky + ay * 0.55)])  # fmt: skip
+        c.line(_spline(sc, 6, False), _hu(500), 0.008)
+    # ribs: cortical arcs around the cavity
+    ribs = []
+    for s in (-1.0, 1.0):
+        for t0 in np.arange(-140.0, 140.0, 32.0) + rng.uniform(-6.0, 6.0):
+            if abs(t0) < 30:
+                continue
+            ts = np.radians(np.array([t0, t0 + 7.0, t0 + 14.0]))
+            r = 1.03
+            ribs.append(np.stack([kx + s * ax * r * np.array([math.sin(t) for t in ts]),
+                                  ky - ay * r * np.array([math.cos(t) for t in ts])], -1))  # fmt: skip
+    c.lines(ribs, _hu(650), 0.011)
+    c.poly(_ellipse(kx, ky - ay * 1.02, 0.025, 0.012, 0, 16), _hu(500))  # sternum
+    # mediastinum, then lungs, then the structures that indent them
+    c.poly(_ellipse(kx, ky, ax, ay, 0, 48), _hu(40))
+    lungs = [_spline(q) for q in _ct_lungs(p, z, np.random.default_rng(int(z * 1000)))]
+    lung_hu = -860.0 + rng.normal(0.0, 15.0)
+    c.polys(lungs, _hu(lung_hu))
+    hs = p.heart_scale
+    mx = kx + p.heart_shift
+    if z > 0.45:  # heart
+        c.poly(_ellipse(mx + 0.03, ky - ay * 0.35, 0.1 * hs, 0.075 * hs, -30, 40), _hu(45))
+    else:  # great vessels and airway
+        c.poly(_ellipse(mx - 0.03, ky - ay * 0.35, 0.032, 0.032, 0, 24), _hu(45))  # ascending aorta
+        c.poly(_ellipse(mx + 0.035, ky - ay * 0.3, 0.035, 0.03, 0, 24), _hu(40))  # pulmonary trunk
+        tr = 0.02 if z < 0.38 else 0.012
+        c.poly(_ellipse(kx, ky + ay * 0.15, tr, tr * 0.9, 0, 20), _hu(-990))  # trachea/bronchi
+    c.poly(_ellipse(kx + 0.045, ky + ay * 0.52, 0.026, 0.026, 0, 24), _hu(48))  # descending aorta
+    c.poly(_ellipse(kx - 0.005, ky + ay * 0.42, 0.012, 0.01, 0, 16), _hu(20))  # oesophagus
+    # spine: vertebral body, canal, posterior elements
+    vy = ky + ay * 0.8
+    c.poly(_ellipse(kx, vy, 0.045, 0.04, 0, 32), _hu(700))
+    c.poly(_ellipse(kx, vy, 0.037, 0.032, 0, 32), _hu(260))
+    c.line([(kx - 0.03, vy + 0.06), (kx, vy + 0.045), (kx + 0.03, vy + 0.06)], _hu(650), 0.012)
+    c.line([(kx, vy + 0.06), (kx, vy + 0.1)], _hu(650), 0.01)
+    c.poly(_ellipse(kx, vy + 0.052, 0.016, 0.012, 0, 16), _hu(30))
+
+    # lung-only mask for vessels and lesions
+    lung_mask = _Canvas(S, tf).polys(lungs, 255).img
+    lung_mask = np.where(np.abs(c.img.astype(np.int16) - _hu(lung_hu)) <= 1, lung_mask, 0).astype(np.uint8)
+    lung_f = _unit(_blur(lung_mask, 0.003 * S))
+
+    # vessels: branching from the hila; in-plane branches are lines, the others are cut
+    # across and show as dots
+    vc = _Canvas(S, tf)
+    dots = []
+    for side in (-1.0, 1.0):
+        hil = (kx + side * ax * 0.24, ky + ay * 0.05)
+        for k in range(6):
+            ang = (0.0 if side > 0 else 180.0) + side * (k - 2.5) * 32.0 + rng.normal(0.0, 8.0)
+            a0, b0, lev, wid = _tree(rng, hil, ang, rng.uniform(0.07, 0.1), 0.008, 4, (20, 45))
+            r = rng.random(len(lev))
+            keep = r < 0.3
+            vc.segments(a0[keep], b0[keep], [255 - 45 * v for v, k_ in zip(lev, keep, strict=True) if k_],
+                        [w for w, k_ in zip(wid, keep, strict=True) if k_])  # fmt: skip
+            dots += [_ellipse(x, y, w * 0.45, w * 0.45, 0, 10) for (x, y), w, r_ in
+                     zip(b0.tolist(), wid, r.tolist(), strict=True) if 0.3 <= r_ < 0.75]  # fmt: skip
+    vc.polys(dots, 255)
+    vessels = _unit(_blur(vc.img, 0.0025 * S))
+
+    # blur the anatomy a little (partial volume): blur the uint8 canvas, bit-exact
+    hu = _blur(c.img, 0.0035 * S).astype(_F32) * _F32(_HU_STEP) + _F32(_HU_LO)
+    # dependent (posterior) density gradient and parenchymal texture inside the lungs
+    grad = np.clip((Y - _F32(cy - 0.1)) * _F32(3.0), 0.0, 1.0)
+    hu = hu + lung_f * (_F32(40.0) * grad + _F32(18.0) * _smooth_noise(rng, S, S // 12))
+    hu = hu + lung_f * vessels * _F32(800.0)
+    hu = hu + _ct_lesions(rng, S, tf, lungs, lung_mask, lung_f, label, p)
+
+    # noise (slightly correlated, like reconstructed CT noise) and the lung window
+    hu = hu + _F32(p.noise) * (rng.standard_normal((S, S), dtype=_F32) + _F32(0.6) * _smooth_noise(rng, S, S // 3))
+    level, width = p.window
+    lo = level - width / 2.0
+    out = np.clip(np.rint((hu - _F32(lo)) * _F32(255.0 / width)), 0, 255).astype(np.uint8)
+    return out
+
+
+def _ct_lesions(rng, S, tf, lungs, lung_mask, lung_f, label, p: _CtPatient) -> np.ndarray:
+    """HU added by the findings of the slice."""
+    tpl = _Canvas(64).polys(lungs, 255, aa=False).img
+    # high inside the lung just under the pleura, fading towards the hilum
+    edge = (tpl > 0) * (255 - _blur(tpl, 5.0).astype(np.int16))
+    kx, ky, ax, ay = p.cavity
+    post = np.clip((np.arange(64)[:, None] + 0.5) / 64.0 - (ky - ay * 0.6), 0.0, 1.0) * 2.0 + 0.3
+    if label == "covid":
+        w = np.clip(edge * post, 0, 255).astype(np.uint8)
+        n = int(rng.integers(3, 9))
+        pts = _sample_points(rng, w, n)
+        if rng.random() < 0.85:  # bilateral: mirror some lesions into the other lung
+            m = pts[: n // 2].copy()
+            m[:, 0] = 2 * kx - m[:, 0]
+            pts = np.concatenate([pts, m + rng.normal(0.0, 0.02, m.shape)], 0)
+        shapes, dense = [], []
+        for x, y in pts.tolist():
+            ang = math.degrees(math.atan2(y - ky, x - kx)) + 90.0  # along the pleura
+            big, small = rng.uniform(0.03, 0.08), rng.uniform(0.018, 0.04)
+            # a lesion is a cluster of overlapping blobs: irregular outline
+            for _ in range(int(rng.integers(2, 5))):
+                ox, oy = rng.normal(0.0, big * 0.45), rng.normal(0.0, small * 0.5)
+                ca, sa = math.cos(math.radians(ang)), math.sin(math.radians(ang))
+                e = _ellipse(x + ox * ca - oy * sa, y + ox * sa + oy * ca,
+                             big * rng.uniform(0.5, 0.9), small * rng.uniform(0.6, 1.0),
+                             ang + rng.normal(0.0, 15.0), 20)  # fmt: skip
+                (dense if rng.random() < 0.15 else shapes).append(e)
+        ggo = _soft(S, 0.012, lambda c: c.polys(shapes + dense, 255), tf)
+        cons = _soft(S, 0.008, lambda c: c.polys(dense, 255) if dense else None, tf)
+        net = _smooth_noise(rng, S, S // 6)
+        paving = np.clip(_F32(1.0) - np.abs(net) * _F32(3.0), 0.0, 1.0)
+        mottle = np.clip(_F32(0.75) + _F32(0.3) * _smooth_noise(rng, S, 24), 0.0, 1.0)
+        amp = _F32(rng.uniform(330.0, 520.0))
+        hu = (amp * mottle + _F32(rng.uniform(0.0, 150.0)) * paving) * ggo + _F32(450.0) * cons
+        return hu * lung_f
+    if label == "non_covid":
+        kind = rng.choice(["clear", "clear", "nodule", "scar", "emphysema", "atelectasis"])
+        if kind == "clear":
+            return np.zeros((S, S), _F32)
+        if kind == "nodule":
+            (x, y), = _sample_points(rng, (tpl > 0).astype(np.uint8), 1)
+            r = rng.uniform(0.006, 0.014)
+            nod = _soft(S, 0.002, lambda c: c.poly(_ellipse(x, y, r, r, 0, 20), 255), tf)
+            return _F32(880.0) * nod * lung_f
+        if kind == "scar":
+            (x, y), = _sample_points(rng, np.clip(edge, 0, 255).astype(np.uint8), 1)
+            ang = rng.uniform(0, math.pi)
+            ln = rng.uniform(0.03, 0.06)
+            seg = [(x - ln * math.cos(ang), y - ln * math.sin(ang)), (x + ln * math.cos(ang), y + ln * math.sin(ang))]
+            sc = _soft(S, 0.002, lambda c: c.line(seg, 255, 0.004), tf)
+            return _F32(700.0) * sc * lung_f
+        if kind == "emphysema":
+            pts = _sample_points(rng, (tpl > 0).astype(np.uint8), 12)
+            bul = _soft(
+                S, 0.002,
+                lambda c: c.polys([_ellipse(x, y, r, r, 0, 16) for (x, y), r in
+                                   zip(pts.tolist(), rng.uniform(0.006, 0.018, 12).tolist(), strict=True)], 255),
+                tf,
+            )  # fmt: skip
+            return _F32(-110.0) * bul * lung_f
+        # thin dependent (posterior) atelectasis band
+        band = np.clip((Y_ := _coords(S)[1]) - _F32(ky + ay * 0.55), 0.0, 0.05) * _F32(20.0)
+        return _F32(250.0) * band * lung_f
+    raise ValueError(f"unknown CT label {label!r}; expected one of {CT_CLASSES}")
+
+
+def synthetic_ct_slice(rng: np.random.Generator, size: int, label: str) -> np.ndarray:
+    """Synthetic axial chest CT slice in a lung window (uint8, ``size x size``).
+
+    ``label`` is ``covid`` (peripheral, posterior, mostly bilateral ground-glass
+    opacities, sometimes with crazy paving or consolidation) or ``non_covid`` (clear
+    lungs or one minor finding).
+    """
+    if label not in CT_CLASSES:
+        raise ValueError(f"unknown CT label {label!r}; expected one of {CT_CLASSES}")
+    if size < 32:
+        raise ValueError("size must be at least 32 pixels")
+    anatomy_seed, image_seed = (int(s) for s in rng.integers(0, 2**62, size=2))
+    patient = _sample_ct_patient(np.random.default_rng(anatomy_seed))
+    irng = np.random.default_rng(image_seed)
+    z = float(irng.uniform(0.3, 0.8))
+    return _render_ct(patient, irng, size, z, label)

@@ -8,6 +8,8 @@
     early_stopping: {enabled: true, patience: 10, min_delta: 0.0}
     reduce_lr: {enabled: true, patience: 5, factor: 0.5, min_lr: 1.0e-6}
     verbose: 0
+    jit_compile: auto           # XLA; false avoids its compile time for tiny runs
+    run_eagerly: false          # true for debugging (and tiny CPU tests)
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ DEFAULT_TRAINING_PARAMS: dict[str, Any] = {
     "early_stopping": {"enabled": True, "patience": 10, "min_delta": 0.0},
     "reduce_lr": {"enabled": True, "patience": 5, "factor": 0.5, "min_lr": 1e-6},
     "verbose": 0,
+    "jit_compile": "auto",
+    "run_eagerly": False,
 }
 
 
@@ -131,6 +135,8 @@ def train_segmentation_model(
             optimizer=keras.optimizers.Adam(learning_rate=float(params["learning_rate"])),
             loss=get_segmentation_loss(params["loss"]),
             metrics=[dice_coefficient, iou_coefficient],
+            jit_compile=params["jit_compile"],
+            run_eagerly=bool(params["run_eagerly"]),
         )
     best_weights = BestWeightsKeeper()
     learning_rates = LearningRateRecorder()

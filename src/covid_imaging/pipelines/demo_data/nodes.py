@@ -7,6 +7,8 @@ from typing import Any
 
 
 
+from covid_imaging.demo.synthetic import generate_demo_dataset
+
 logger = logging.getLogger(__name__)
 
 
@@ -19,8 +21,6 @@ def generate_demo_images(params: dict[str, Any]) -> dict[str, bytes]:
     if not params.get("enabled", True):
         logger.info("demo_data.enabled is false: no synthetic images generated")
         return {}
-    from covid_imaging.demo.synthetic import generate_demo_dataset  # noqa: PLC0415 (TEMP)
-
     files = generate_demo_dataset(**params.get("generator", {}))
     logger.info("Generated %d SYNTHETIC demo files (not medical data)", len(files))
     return files

@@ -45,6 +45,16 @@ def _split_rows(table: pd.DataFrame, split: str, limit: int | None = None) -> pd
     return rows.head(limit) if limit else rows
 
 
+DEVICE_KEYS = ("mixed_precision", "multi_gpu")
+
+
+def _augmentation_ops(params: dict[str, Any]) -> dict[str, Any] | None:
+    """The per-op augmentation settings, or None when augmentation is switched off."""
+    if not params.get("enabled", True):
+        return None
+    return {key: value for key, value in params.items() if key != "enabled"}
+
+
 def train_segmentation(
     images: pd.DataFrame,
     model_params: dict[str, Any],
@@ -63,7 +73,7 @@ def train_segmentation(
     validation = _split_rows(images, "validation", data_params.get("max_validation_images"))
     train_ds = make_segmentation_dataset(
         train["image_path"], train["mask_path"], image_size, int(data_params["batch_size"]),
-        shuffle=True, augment_params=augmentation_params if augmentation_params.get("enabled", True) else None,
+        shuffle=True, augment_params=_augmentation_ops(augmentation_params),
         seed=int(data_params["seed"]),
     )
     validation_ds = make_segmentation_dataset(
@@ -80,7 +90,8 @@ def train_segmentation(
         "Training %s (%d parameters) on %d images, validating on %d",
         model_params["builder"], model.count_params(), len(train), len(validation),
     )
-    return train_segmentation_model(model, train_ds, validation_ds, training_params)
+    fit_params = {key: value for key, value in training_params.items() if key not in DEVICE_KEYS}
+    return train_segmentation_model(model, train_ds, validation_ds, fit_params)
 
 
 def evaluate_on_test(
