@@ -48,3 +48,31 @@ def lung_mask(size: tuple[int, int] = (64, 80)) -> np.ndarray:
     cv2.ellipse(mask, (width // 3, height // 2), (width // 8, height // 3), 0, 0, 360, 255, -1)
     cv2.ellipse(mask, (2 * width // 3, height // 2), (width // 8, height // 3), 0, 0, 360, 255, -1)
     return mask
+
+
+@pytest.fixture
+def kedro_project(tmp_path, monkeypatch):
+    """A throw-away copy of the project's configuration, run from its own folder.
+
+    Data, models, reports and mlflow.db land in tmp_path, never in the checkout.
+    """
+    import shutil
+
+    from kedro.framework.startup import bootstrap_project
+
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", project)
+    shutil.copytree(PROJECT_ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("credentials.yml"))
+    (project / "src").mkdir()  # Kedro checks it exists; the package itself is installed
+    monkeypatch.chdir(project)
+    bootstrap_project(project)
+    return project
+
+
+def run_kedro(project: Path, pipeline: str, env: str | None = None, params: dict | None = None) -> dict:
+    """Run a pipeline in a fresh session, like `kedro run --pipeline=... --env=... --params=...`."""
+    from kedro.framework.session import KedroSession
+
+    with KedroSession.create(project_path=project, env=env, runtime_params=params or {}) as session:
+        return session.run(pipeline_names=[pipeline])

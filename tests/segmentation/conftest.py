@@ -12,8 +12,11 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import pytest  # noqa: E402
 
-SHENZHEN_MASKS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / (
-    "cxr_segmentation/shenzhen/masks"
+SHENZHEN_MASKS = (
+    Path(__file__).resolve().parents[2].parent
+    / "shared"
+    / "data"
+    / ("cxr_segmentation/shenzhen/masks")
 )
 
 
@@ -29,7 +32,7 @@ def _float32_policy():
 @pytest.fixture
 def shenzhen_mask_paths() -> list[Path]:
     """A few real Shenzhen lung masks; skips when the shared data is absent."""
-    paths = sorted(SHENZHEN_MASKS.glob("*.png"))[:: 40]
+    paths = sorted(SHENZHEN_MASKS.glob("*.png"))[::40]
     if not paths:
         pytest.skip(f"shared data not found at {SHENZHEN_MASKS}")
     return paths

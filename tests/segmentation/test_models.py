@@ -69,8 +69,9 @@ def test_deeplab_aspp_uses_the_given_atrous_rates() -> None:
         input_size=32, base_filters=4, dropout_rate=0.0, batch_norm=True, atrous_rates=(1, 2, 3)
     )
     rates = sorted(
-        layer.dilation_rate[0] for layer in model.layers if layer.name.startswith("aspp_rate")
-        and isinstance(layer, layers.Conv2D)
+        layer.dilation_rate[0]
+        for layer in model.layers
+        if layer.name.startswith("aspp_rate") and isinstance(layer, layers.Conv2D)
     )
     assert rates == [1, 2, 3]
     default = build_deeplabv3(input_size=32, base_filters=4, dropout_rate=0.0, batch_norm=False)

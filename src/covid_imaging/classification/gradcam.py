@@ -30,7 +30,7 @@ _NOT_CAM_LAYERS = (
     keras.layers.GlobalMaxPooling2D,
     keras.layers.Dropout,
     keras.layers.SpatialDropout2D,
-    keras.InputLayer,
+    keras.layers.InputLayer,
 )
 
 Forward = Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]
@@ -127,7 +127,7 @@ def _nested_forward(
     inner = keras.Model(container.inputs, [target.output, container.output])
     head = model.layers[-1]
     to_logits = _logits_from_head(head)
-    chain = [layer for layer in model.layers if not isinstance(layer, keras.InputLayer)]
+    chain = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     body = chain[:-1] if to_logits is not None else chain
     finish = to_logits or (lambda probs: tf.math.log(tf.maximum(probs, 1e-12)))
 

@@ -54,6 +54,7 @@ class TrainingParams:
     class_weight: Mapping[int, float] | None = None
     seed: int | None = None
     verbose: int = 0
+    run_eagerly: bool = False  # debugging / tiny CPU runs: skips slow graph tracing
     metrics: tuple[str, ...] = ("accuracy",)
 
     @classmethod
@@ -169,6 +170,7 @@ def train_classifier(
         optimizer=make_optimizer(config),
         loss="sparse_categorical_crossentropy",
         metrics=list(config.metrics),
+        run_eagerly=config.run_eagerly,
     )
     fit_history = model.fit(
         train_ds,

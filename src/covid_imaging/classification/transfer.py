@@ -145,11 +145,11 @@ def unfreeze_last_n(
         raise ValueError(f"n must be >= 0, got {n}")
     backbone = find_backbone(model)
     if backbone is None:
-        layers = [layer for layer in model.layers if not isinstance(layer, keras.InputLayer)]
+        layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
         trainable = layers[len(layers) - n :] if n else []
     else:
         base_layers = [
-            layer for layer in backbone.layers if not isinstance(layer, keras.InputLayer)
+            layer for layer in backbone.layers if not isinstance(layer, keras.layers.InputLayer)
         ]
         head_leaves = [
             leaf

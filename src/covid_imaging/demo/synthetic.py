@@ -97,7 +97,7 @@ SYNTHETIC_NAME_PATTERN = re.compile(
 
 _SHIFT = 4  # sub-pixel bits for OpenCV drawing
 _ONE = 1 << _SHIFT
-_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 3]
+_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]
 _F32 = np.float32
 
 
@@ -168,6 +168,13 @@ def _ellipse(cx: float, cy: float, ax: float, ay: float, angle_deg: float = 0.0,
     return np.stack([cx + x * cos - y * sin, cy + x * sin + y * cos], -1)
 
 
+def _circles(centres: np.ndarray, radii: np.ndarray, n: int = 12) -> list[np.ndarray]:
+    """Polygons of many circles at once."""
+    u = _unit_circle(n)
+    pts = centres[:, None, :] + radii[:, None, None] * u[None, :, :]
+    return list(pts)
+
+
 def _spline(points, samples: int = 8, closed: bool = True) -> np.ndarray:
     """Uniform Catmull-Rom spline through control points (closed or open)."""
     p = np.asarray(points, dtype=np.float64)
@@ -204,6 +211,14 @@ class _Canvas:
         xy = self.tf(pts)
         return np.rint((xy * self.size - 0.5) * _ONE).astype(np.int32)
 
+    def px_many(self, arrays) -> list[np.ndarray]:
+        """``px`` of several point arrays with one transform."""
+        if len(arrays) == 0:
+            return []
+        arrays = [np.asarray(a, dtype=np.float64) for a in arrays]
+        allp = self.px(np.concatenate(arrays, 0))
+        return np.split(allp, np.cumsum([len(a) for a in arrays])[:-1])
+
     def poly(self, pts, value: float, aa: bool = True) -> _Canvas:
         cv2.fillPoly(
             self.img, [self.px(pts)], int(value), cv2.LINE_AA if aa else cv2.LINE_8, _SHIFT
@@ -213,7 +228,7 @@ class _Canvas:
     def polys(self, pts_list, value: float, aa: bool = True) -> _Canvas:
         cv2.fillPoly(
             self.img,
-            [self.px(p) for p in pts_list],
+            self.px_many(pts_list),
             int(value),
             cv2.LINE_AA if aa else cv2.LINE_8,
             _SHIFT,
@@ -234,7 +249,7 @@ class _Canvas:
         """Several polylines of one value and width in a single draw call."""
         cv2.polylines(
             self.img,
-            [self.px(q) for q in paths],
+            self.px_many(paths),
             closed,
             int(value),
             self.width_px(width),
@@ -244,12 +259,15 @@ class _Canvas:
         return self
 
     def segments(self, p0, p1, values, widths) -> _Canvas:
-        """Many straight segments (vectorised coordinate transform, one draw call each)."""
+        """Many straight segments; one draw call per (value, pixel width) pair."""
         if len(p0) == 0:
             return self
-        a, b = self.px(p0), self.px(p1)
-        for (x0, y0), (x1, y1), v, w in zip(a.tolist(), b.tolist(), values, widths, strict=True):
-            cv2.line(self.img, (x0, y0), (x1, y1), int(v), self.width_px(w), cv2.LINE_AA, _SHIFT)
+        pairs = np.stack([self.px(p0), self.px(p1)], 1)
+        wpx = np.maximum(1, np.rint(np.asarray(widths) * (self.size * self.tf.scale)))
+        keys = np.asarray(values, dtype=np.int64) * 1000 + wpx.astype(np.int64)
+        for key in np.unique(keys).tolist():
+            sel = pairs[keys == key]
+            cv2.polylines(self.img, list(sel), False, key // 1000, key % 1000, cv2.LINE_AA, _SHIFT)
         return self
 
 
@@ -339,12 +357,17 @@ def _tree(rng, root, angle, length, width, depth, spread=(14.0, 34.0), shrink=0.
 
     Returns start points, end points and level (0 = trunk) of every segment.
     """
+    n_branches = 2**depth - 1
+    bends = rng.normal(0.0, 9.0, n_branches).tolist()
+    turns = rng.uniform(spread[0], spread[1], (n_branches, 2)).tolist()
+    grow = rng.uniform(0.8, 1.15, (n_branches, 2)).tolist()
     starts, ends, levels = [], [], []
     stack = [(root[0], root[1], angle, length, 0)]
+    i = 0
     while stack:
         x, y, ang, ln, lev = stack.pop()
         # two slightly bent pieces per branch look less like a star
-        bend = ang + float(rng.normal(0.0, 9.0))
+        bend = ang + bends[i]
         mx = x + 0.5 * ln * math.cos(math.radians(ang))
         my = y + 0.5 * ln * math.sin(math.radians(ang))
         ex = mx + 0.5 * ln * math.cos(math.radians(bend))
@@ -353,9 +376,9 @@ def _tree(rng, root, angle, length, width, depth, spread=(14.0, 34.0), shrink=0.
         ends += [(mx, my), (ex, ey)]
         levels += [lev, lev]
         if lev + 1 < depth:
-            for sgn in (-1.0, 1.0):
-                da = sgn * float(rng.uniform(*spread))
-                stack.append((ex, ey, bend + da, ln * shrink * float(rng.uniform(0.8, 1.15)), lev + 1))
+            for j, sgn in enumerate((-1.0, 1.0)):
+                stack.append((ex, ey, bend + sgn * turns[i][j], ln * shrink * grow[i][j], lev + 1))
+        i += 1
     widths = [width * (0.62**lev) for lev in levels]
     return np.array(starts), np.array(ends), levels, widths
 
@@ -419,6 +442,7 @@ class _CxrPatient:
     lesion_seed: int
     marker: int
     lesions: dict
+    vessels: tuple | None = None
 
 
 def _sample_cxr_patient(rng: np.random.Generator) -> _CxrPatient:
@@ -478,9 +502,9 @@ def _sample_cxr_patient(rng: np.random.Generator) -> _CxrPatient:
         rib_width=rng.uniform(0.019, 0.026),
         clav_y=rng.uniform(0.13, 0.19),
         clav_tilt=rng.uniform(0.04, 0.09),
-        brightness=rng.uniform(-0.05, 0.05),
-        contrast=rng.uniform(0.85, 1.15),
-        gamma=rng.uniform(0.8, 1.25),
+        brightness=rng.uniform(-0.04, 0.04),
+        contrast=rng.uniform(0.9, 1.1),
+        gamma=rng.uniform(0.85, 1.2),
         vessel_seed=int(rng.integers(2**62)),
         lesion_seed=int(rng.integers(2**62)),
         marker=int(rng.integers(0, 4)),
@@ -518,18 +542,18 @@ def _sample_cxr_lesions(rng, label: str, right: np.ndarray, left: np.ndarray) ->
         # peripheral and basal: weight = lateral^2 * lower^2 inside the lung
         w = lateral * lateral * (0.15 + lower * lower)
         patches = []
-        n_total = int(rng.integers(5, 12))
+        n_total = int(rng.integers(6, 13))
         n_right = max(1, min(n_total - 1, int(rng.binomial(n_total, 0.5))))
         for mask, n_side in ((m_right, n_right), (m_left, n_total - n_right)):
             weights = np.rint((mask > 0) * w * 255.0).astype(np.uint8)
             for x, y in _sample_points(rng, weights, n_side):
                 patches.append(
-                    (x, y, rng.uniform(0.04, 0.1), rng.uniform(0.035, 0.075),
+                    (x, y, rng.uniform(0.045, 0.11), rng.uniform(0.04, 0.08),
                      rng.uniform(0, 180), rng.uniform(0.55, 1.0))
                 )  # fmt: skip
         return {
             "patches": patches,
-            "density": float(rng.uniform(0.6, 0.85)),
+            "density": float(rng.uniform(0.7, 0.95)),
             "paving": float(rng.uniform(0.0, 0.5)),
         }
     if label == "bacterial":
@@ -621,6 +645,34 @@ def _rib_paths(p: _CxrPatient) -> tuple[list[np.ndarray], list[np.ndarray]]:
     return posterior, anterior
 
 
+def _two_lungs(mask: np.ndarray) -> np.ndarray:
+    """Keep the two largest connected parts (slivers cut off by the heart border go)."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if n <= 3:
+        return mask
+    keep = 1 + np.argsort(-stats[1:, cv2.CC_STAT_AREA], kind="stable")[:2]
+    return np.where(np.isin(labels, keep), 255, 0).astype(np.uint8)
+
+
+def _cxr_vessel_tree(p: _CxrPatient):
+    """Pulmonary vessels of the patient (template coordinates), computed once."""
+    if p.vessels is None:
+        vrng = np.random.default_rng(p.vessel_seed)
+        a_all, b_all, values, widths = [], [], [], []
+        for (hx, hy), base_angle in (((0.445, 0.46), 180.0), ((0.56, 0.47), 0.0)):
+            sgn = 1.0 if base_angle == 0 else -1.0
+            for k in range(10):
+                ang = base_angle + (k - 4.5) * 17.0 * sgn + vrng.normal(0, 7)
+                root = (hx + sgn * vrng.uniform(-0.01, 0.02), hy + vrng.uniform(-0.06, 0.06))
+                a, b, lev, wid = _tree(vrng, root, ang, vrng.uniform(0.05, 0.075), 0.0075, 5)
+                a_all.append(a)
+                b_all.append(b)
+                values += [230 - 30 * v for v in lev]
+                widths += wid
+        p.vessels = (np.concatenate(a_all), np.concatenate(b_all), values, widths)
+    return p.vessels
+
+
 def _render_cxr(p: _CxrPatient, rng: np.random.Generator, size: int):
     S = size
     tf = _Affine.make(
@@ -640,7 +692,7 @@ def _render_cxr(p: _CxrPatient, rng: np.random.Generator, size: int):
     full = _Canvas(S, tf).polys([right, left], 255, aa=False).img
     medi = _Canvas(S, tf)
     paint_mediastinum(medi)
-    mask = np.where(medi.img >= 128, 0, full).astype(np.uint8)
+    mask = _two_lungs(np.where(medi.img >= 128, 0, full).astype(np.uint8))
 
     lung_soft = _unit(_blur(full, 0.004 * S))
     lung_depth = _soft(S, 0.05, lambda c: c.polys([right, left], 255), tf)
@@ -688,15 +740,7 @@ def _render_cxr(p: _CxrPatient, rng: np.random.Generator, size: int):
     airway = _soft(S, 0.008, paint_airway, tf)
 
     # ---- vessels and hila ----------------------------------------------------------
-    vrng = np.random.default_rng(p.vessel_seed)
-    vcan = _Canvas(S, tf)
-    for (hx, hy), base_angle in (((0.445, 0.46), 180.0), ((0.56, 0.47), 0.0)):
-        sgn = 1.0 if base_angle == 0 else -1.0
-        for k in range(10):
-            ang = base_angle + (k - 4.5) * 17.0 * sgn + vrng.normal(0, 7)
-            root = (hx + sgn * vrng.uniform(-0.01, 0.02), hy + vrng.uniform(-0.06, 0.06))
-            a, b, lev, wid = _tree(vrng, root, ang, vrng.uniform(0.05, 0.075), 0.0075, 5)
-            vcan.segments(a, b, [230 - 30 * v for v in lev], wid)
+    vcan = _Canvas(S, tf).segments(*_cxr_vessel_tree(p))
     vessels = _unit(_blur(vcan.img, 0.0035 * S))
     hila = _soft(
         S, 0.018, lambda c: c.polys([_ellipse(0.455, 0.46, 0.03, 0.05), _ellipse(0.55, 0.46, 0.03, 0.05)], 255), tf
@@ -1077,8 +1121,8 @@ def _render_ct(p: _CtPatient, rng: np.random.Generator, size: int, z: float, lab
             keep = r < 0.3
             vc.segments(a0[keep], b0[keep], [255 - 45 * v for v, k_ in zip(lev, keep, strict=True) if k_],
                         [w for w, k_ in zip(wid, keep, strict=True) if k_])  # fmt: skip
-            dots += [_ellipse(x, y, w * 0.45, w * 0.45, 0, 10) for (x, y), w, r_ in
-                     zip(b0.tolist(), wid, r.tolist(), strict=True) if 0.3 <= r_ < 0.75]  # fmt: skip
+            cut = (r >= 0.3) & (r < 0.75)
+            dots += _circles(b0[cut], np.asarray(wid)[cut] * 0.45, 10)
     vc.polys(dots, 255)
     vessels = _unit(_blur(vc.img, 0.0025 * S))
 
@@ -1116,7 +1160,7 @@ def _ct_lesions(rng, S, tf, lungs, lung_mask, lung_f, label, p: _CtPatient) -> n
         shapes, dense = [], []
         for x, y in pts.tolist():
             ang = math.degrees(math.atan2(y - ky, x - kx)) + 90.0  # along the pleura
-            big, small = rng.uniform(0.03, 0.08), rng.uniform(0.018, 0.04)
+            big, small = rng.uniform(0.04, 0.1), rng.uniform(0.02, 0.045)
             # a lesion is a cluster of overlapping blobs: irregular outline
             for _ in range(int(rng.integers(2, 5))):
                 ox, oy = rng.normal(0.0, big * 0.45), rng.normal(0.0, small * 0.5)
@@ -1180,3 +1224,140 @@ def synthetic_ct_slice(rng: np.random.Generator, size: int, label: str) -> np.nd
     irng = np.random.default_rng(image_seed)
     z = float(irng.uniform(0.3, 0.8))
     return _render_ct(patient, irng, size, z, label)
+
+
+# --------------------------------------------------------------------------------------
+# Data set
+# --------------------------------------------------------------------------------------
+
+_README = """SYNTHETIC DEMO DATA - NOT MEDICAL DATA
+======================================
+
+Every image in this folder was drawn by a program
+(covid_imaging.demo.synthetic.generate_demo_dataset). No image comes from, or is
+traced over, a real patient. The data exists so that the pipelines and tests run
+on a fresh clone; models trained on it say nothing about real radiographs or CT
+scans and must never be used for any medical purpose.
+
+How it was made
+---------------
+generator : covid_imaging.demo.synthetic (procedural numpy / OpenCV drawing)
+seed      : {seed}
+chest X-rays: {n_per_class} per class, {cxr_size} x {cxr_size} px, classes {cxr_classes}
+              {images_per_patient} image(s) per synthetic patient
+CT slices : {n_ct_per_class} per class, {ct_size} x {ct_size} px, classes {ct_classes}
+              {images_per_patient} slice(s) per synthetic scan
+files     : {n_cxr} radiographs + {n_cxr} lung masks, {n_ct} CT slices
+
+Layout (COVID-19 Radiography Database style)
+--------------------------------------------
+cxr/<class>/images/synthetic_cxr_pNNNN_K.png   radiograph K of synthetic patient NNNN
+cxr/<class>/masks/synthetic_cxr_pNNNN_K.png    its lung mask (0 / 255, same name)
+ct/<class>/synthetic_ct_sNNNN_K.png            slice K of synthetic scan NNNN
+
+Images of one patient / scan share their anatomy (and lesions), so data splits must
+group them: the group id is "<modality>_<pNNNN or sNNNN>", e.g. cxr_p0007.
+
+What the classes look like
+--------------------------
+normal    : clear lungs
+covid     : bilateral, peripheral, lower-zone patchy ground-glass opacities
+bacterial : dense lobar consolidation, usually in one lung, with air bronchograms
+viral     : diffuse bilateral perihilar interstitial / reticular pattern
+CT covid  : peripheral, posterior ground glass (crazy paving, consolidation)
+CT non_covid: clear lungs or one minor finding (nodule, scar, emphysema, atelectasis)
+
+Re-running the generator with the same seed and parameters gives the same pixels.
+"""
+
+
+def _png(img: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", img, _PNG_PARAMS)
+    if not ok:  # pragma: no cover - OpenCV always encodes a uint8 image
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def _groups(n_images: int, per_group: int) -> list[int]:
+    """Number of images of each group: full groups, then the remainder."""
+    full, rest = divmod(n_images, per_group)
+    return [per_group] * full + ([rest] if rest else [])
+
+
+def generate_demo_dataset(
+    n_per_class: int = 40,
+    cxr_size: int = 256,
+    n_ct_per_class: int = 30,
+    ct_size: int = 256,
+    seed: int = 42,
+    images_per_patient: int = 2,
+) -> dict[str, bytes]:
+    """Generate the synthetic demo data set as ``{relative path: PNG bytes}``.
+
+    Args:
+        n_per_class: radiographs per chest X-ray class (each with a mask).
+        cxr_size: side of the radiographs and masks in pixels.
+        n_ct_per_class: CT slices per CT class.
+        ct_size: side of the CT slices in pixels.
+        seed: the only source of randomness; same seed, same images.
+        images_per_patient: radiographs per synthetic patient and slices per
+            synthetic scan (the last group of a class may hold fewer).
+
+    Returns:
+        A dict with ``README_SYNTHETIC.txt`` and the PNG files; the layout and the
+        file naming rule are described in the module docstring.
+
+    Each synthetic patient / scan draws from its own generator, keyed by
+    ``(seed, modality, class, group index within the class)``, so changing the
+    number of images of one class does not change the images of the others.
+    """
+    if n_per_class < 0 or n_ct_per_class < 0:
+        raise ValueError("image counts must be >= 0")
+    if images_per_patient < 1:
+        raise ValueError("images_per_patient must be >= 1")
+    files: dict[str, bytes] = {}
+
+    patient = 0
+    for ci, label in enumerate(CXR_CLASSES):
+        for gi, count in enumerate(_groups(n_per_class, images_per_patient)):
+            base = np.random.SeedSequence([seed, 1, ci, gi])
+            anatomy_ss, lesion_ss, *image_ss = base.spawn(2 + count)
+            p = _sample_cxr_patient(np.random.default_rng(anatomy_ss))
+            _attach_cxr_lesions(p, np.random.default_rng(lesion_ss), label)
+            for k in range(count):
+                image, mask = _render_cxr(p, np.random.default_rng(image_ss[k]), cxr_size)
+                name = f"synthetic_cxr_p{patient:04d}_{k + 1}.png"
+                files[f"cxr/{label}/images/{name}"] = _png(image)
+                files[f"cxr/{label}/masks/{name}"] = _png(mask)
+            patient += 1
+
+    scan = 0
+    for ci, label in enumerate(CT_CLASSES):
+        for gi, count in enumerate(_groups(n_ct_per_class, images_per_patient)):
+            base = np.random.SeedSequence([seed, 2, ci, gi])
+            anatomy_ss, level_ss, *image_ss = base.spawn(2 + count)
+            p = _sample_ct_patient(np.random.default_rng(anatomy_ss))
+            lrng = np.random.default_rng(level_ss)
+            # neighbouring levels of one scan, between the aortic arch and the bases
+            z0 = float(lrng.uniform(0.3, 0.8 - 0.06 * (count - 1) if count > 1 else 0.8))
+            step = float(lrng.uniform(0.03, 0.06))
+            for k in range(count):
+                z = min(0.8, z0 + step * k)
+                image = _render_ct(p, np.random.default_rng(image_ss[k]), ct_size, z, label)
+                files[f"ct/{label}/synthetic_ct_s{scan:04d}_{k + 1}.png"] = _png(image)
+            scan += 1
+
+    n_cxr = n_per_class * len(CXR_CLASSES)
+    readme = _README.format(
+        seed=seed,
+        n_per_class=n_per_class,
+        cxr_size=cxr_size,
+        cxr_classes=", ".join(CXR_CLASSES),
+        images_per_patient=images_per_patient,
+        n_ct_per_class=n_ct_per_class,
+        ct_size=ct_size,
+        ct_classes=", ".join(CT_CLASSES),
+        n_cxr=n_cxr,
+        n_ct=n_ct_per_class * len(CT_CLASSES),
+    )
+    return {"README_SYNTHETIC.txt": readme.encode("utf-8"), **files}

@@ -85,7 +85,10 @@ def _draw_strength(
 
 
 def affine_matrix(
-    height: tf.Tensor, width: tf.Tensor, scale: tf.Tensor, rotation_deg: tf.Tensor,
+    height: tf.Tensor,
+    width: tf.Tensor,
+    scale: tf.Tensor,
+    rotation_deg: tf.Tensor,
     shear: tf.Tensor,
 ) -> tf.Tensor:
     """3x3 matrix mapping input pixel ``(x, y, 1)`` to output pixel, about the image centre.
@@ -139,7 +142,9 @@ def gaussian_blur(image: tf.Tensor, sigma: tf.Tensor, max_sigma: float) -> tf.Te
     weights = tf.exp(-0.5 * tf.square(offsets / sigma))
     weights = weights / tf.reduce_sum(weights)
     # Reflect padding avoids darkening the border as zero padding would.
-    padded = tf.pad(image[tf.newaxis], [[0, 0], [radius, radius], [radius, radius], [0, 0]], "REFLECT")
+    padded = tf.pad(
+        image[tf.newaxis], [[0, 0], [radius, radius], [radius, radius], [0, 0]], "REFLECT"
+    )
     blurred = tf.nn.conv2d(padded, tf.reshape(weights, [-1, 1, 1, 1]), strides=1, padding="VALID")
     blurred = tf.nn.conv2d(blurred, tf.reshape(weights, [1, -1, 1, 1]), strides=1, padding="VALID")
     return tf.ensure_shape(blurred[0], image.shape)
@@ -176,8 +181,7 @@ def augment_image_and_mask(
     # One independent seed pair per op (two rows each: strength draw, noise field).
     op_seeds = tf.random.experimental.stateless_split(seed, num=2 * len(op_names))
     seeds = {
-        name: (op_seeds[2 * index], op_seeds[2 * index + 1])
-        for index, name in enumerate(op_names)
+        name: (op_seeds[2 * index], op_seeds[2 * index + 1]) for index, name in enumerate(op_names)
     }
 
     geometry = {}
@@ -187,8 +191,11 @@ def augment_image_and_mask(
         )
         geometry[name] = tf.where(applied, value, _IDENTITY_VALUE[name])
     forward = affine_matrix(
-        tf.shape(image)[0], tf.shape(image)[1],
-        geometry["scale"], geometry["rotation"], geometry["shear"],
+        tf.shape(image)[0],
+        tf.shape(image)[1],
+        geometry["scale"],
+        geometry["rotation"],
+        geometry["shear"],
     )
     image = _warp(image, forward, "BILINEAR")
     mask = _warp(mask, forward, "NEAREST")
@@ -198,9 +205,7 @@ def augment_image_and_mask(
         applied, value = _draw_strength(
             seeds[name][0], resolved[name]["probability"], resolved[name]["range"]
         )
-        return tf.cond(
-            applied, lambda: transform(current, value, seeds[name][1]), lambda: current
-        )
+        return tf.cond(applied, lambda: transform(current, value, seeds[name][1]), lambda: current)
 
     max_blur_sigma = resolved["gaussian_blur"]["range"][1]
     image = tf.clip_by_value(image, 0.0, 1.0)
@@ -210,8 +215,9 @@ def augment_image_and_mask(
     )
     image = maybe(
         "gaussian_noise",
-        lambda img, std, noise_seed: img
-        + std * tf.random.stateless_normal(tf.shape(img), seed=noise_seed),
+        lambda img, std, noise_seed: (
+            img + std * tf.random.stateless_normal(tf.shape(img), seed=noise_seed)
+        ),
         image,
     )
     image = maybe("salt_and_pepper", _salt_and_pepper, image)

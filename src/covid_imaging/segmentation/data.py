@@ -62,8 +62,8 @@ def make_segmentation_dataset(
         image_size: side of the square network input.
         batch_size: images per batch; the last batch may be smaller.
         shuffle: reshuffle the file order every epoch (training).
-        augment_params: augmentation parameters (see ``augmentation.py``), or
-            ``None`` for no augmentation (validation / test).
+        augment_params: augmentation parameters (see ``augmentation.py``; ``{}``
+            means all defaults), or ``None`` for no augmentation (validation / test).
         seed: seeds the shuffle and the per-element augmentation seeds, so a run
             is reproducible while every epoch still sees new augmentations.
     """

@@ -109,9 +109,11 @@ def evaluate_segmentation(
         }
         for record in records
     ]
-    columns = ["image_id", "source"] + [
-        f"{metric}_{stage}" for stage in STAGES for metric in BINARY_METRICS
-    ] + ["mse"]
+    columns = (
+        ["image_id", "source"]
+        + [f"{metric}_{stage}" for stage in STAGES for metric in BINARY_METRICS]
+        + ["mse"]
+    )
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -145,8 +147,7 @@ def summarise_segmentation_metrics(
     rows = [summarise(per_image, OVERALL_GROUP)]
     if group_col in per_image.columns:
         rows += [
-            summarise(frame, label)
-            for label, frame in per_image.groupby(group_col, sort=True)
+            summarise(frame, label) for label, frame in per_image.groupby(group_col, sort=True)
         ]
     return pd.DataFrame(rows)
 

@@ -34,7 +34,11 @@ def _check_input_size(input_size: int, downsampling_factor: int, model_name: str
 
 
 def _conv_bn_relu(
-    x: keras.KerasTensor, filters: int, batch_norm: bool, name: str, dilation_rate: int = 1,
+    x: keras.KerasTensor,
+    filters: int,
+    batch_norm: bool,
+    name: str,
+    dilation_rate: int = 1,
     kernel_size: int = 3,
 ) -> keras.KerasTensor:
     """One ``kernel_size`` convolution, optional batch normalisation, then ReLU."""
@@ -104,7 +108,9 @@ def build_unet(
     for level, (filters, skip) in enumerate(
         zip(reversed(level_filters), reversed(skips), strict=True), start=1
     ):
-        x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"up{level}_tconv")(x)
+        x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"up{level}_tconv")(
+            x
+        )
         x = layers.Concatenate(name=f"up{level}_concat")([x, skip])
         x = layers.Dropout(dropout_rate, name=f"up{level}_dropout")(x)
         x = _conv_stack(x, filters, 2, batch_norm, name=f"up{level}")
@@ -189,9 +195,7 @@ def build_deeplabv3(
     x = _conv_bn_relu(x, aspp_filters, batch_norm, name="aspp_fuse", kernel_size=1)
     x = layers.Dropout(dropout_rate, name="aspp_dropout")(x)
 
-    for level, filters in enumerate(
-        (base_filters * 4, base_filters * 2, base_filters), start=1
-    ):
+    for level, filters in enumerate((base_filters * 4, base_filters * 2, base_filters), start=1):
         x = layers.Conv2DTranspose(
             filters, 3, strides=2, padding="same", name=f"decoder{level}_tconv"
         )(x)

@@ -111,7 +111,9 @@ def scaled_min_area(min_area_px: float, reference_size: int, shape: tuple[int, .
     return float(min_area_px) * (shape[0] * shape[1]) / float(reference_size) ** 2
 
 
-def scaled_length(length_px: int, reference_size: int, shape: tuple[int, ...], odd: bool = False) -> int:
+def scaled_length(
+    length_px: int, reference_size: int, shape: tuple[int, ...], odd: bool = False
+) -> int:
     """A length (block size, iterations) given at ``reference_size`` scaled to ``shape``.
 
     Non-zero lengths stay at least 1 (at least 3 when ``odd``), so shrinking the
@@ -167,7 +169,9 @@ def local_threshold_mask(
     try:
         adaptive_method = _ADAPTIVE_METHODS[method]
     except KeyError:
-        raise ValueError(f"Unknown local threshold method {method!r}; use 'mean' or 'gaussian'.") from None
+        raise ValueError(
+            f"Unknown local threshold method {method!r}; use 'mean' or 'gaussian'."
+        ) from None
     map_8bit = np.round(probability_map * 255.0).astype(np.uint8)
     return cv2.adaptiveThreshold(
         map_8bit, 1, adaptive_method, cv2.THRESH_BINARY, int(block_size), float(offset)
@@ -183,7 +187,9 @@ def _square_kernel(kernel_size: int) -> np.ndarray:
 
 def remove_small_components(mask: np.ndarray, min_area: float) -> np.ndarray:
     """Drop 8-connected components smaller than ``min_area`` pixels."""
-    n_labels, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    n_labels, labels, stats, _ = cv2.connectedComponentsWithStats(
+        mask.astype(np.uint8), connectivity=8
+    )
     keep = np.zeros(n_labels, dtype=bool)
     keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_area  # label 0 is the background
     return keep[labels].astype(np.uint8)
@@ -191,7 +197,9 @@ def remove_small_components(mask: np.ndarray, min_area: float) -> np.ndarray:
 
 def keep_largest_components(mask: np.ndarray, count: int) -> np.ndarray:
     """Keep only the ``count`` largest 8-connected components (e.g. 2 lungs)."""
-    n_labels, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    n_labels, labels, stats, _ = cv2.connectedComponentsWithStats(
+        mask.astype(np.uint8), connectivity=8
+    )
     areas = stats[1:, cv2.CC_STAT_AREA]
     # Stable sort: equal areas keep label order, so the result is deterministic.
     largest_labels = 1 + np.argsort(-areas, kind="stable")[: max(0, int(count))]
@@ -220,7 +228,12 @@ def postprocess_probability_map(
         )
     local_params = p["local_threshold"]
     if local_params["enabled"]:
-        block_size = scaled_length(int(local_params["block_size"]), reference, shape, odd=True)
+        configured_block = int(local_params["block_size"])
+        if configured_block < 3 or configured_block % 2 == 0:
+            raise ValueError(
+                f"local_threshold.block_size must be odd and >= 3, got {configured_block}."
+            )
+        block_size = scaled_length(configured_block, reference, shape, odd=True)
         mask |= local_threshold_mask(
             probability, block_size, float(local_params["offset"]), local_params["method"]
         )

@@ -144,6 +144,7 @@ def train_segmentation_model(
         train_ds,
         validation_data=val_ds,
         epochs=int(params["epochs"]),
+        shuffle=False,  # the tf.data pipeline shuffles (and fit ignores it for datasets)
         callbacks=[learning_rates, *build_callbacks(params), *extra_callbacks, best_weights],
         verbose=int(params["verbose"]),
     )
@@ -162,7 +163,9 @@ def set_global_seed(seed: int) -> None:
     keras.utils.set_random_seed(int(seed))
 
 
-def configure_device(mixed_precision: bool = False, multi_gpu: bool = False) -> tf.distribute.Strategy:
+def configure_device(
+    mixed_precision: bool = False, multi_gpu: bool = False
+) -> tf.distribute.Strategy:
     """Pick the distribution strategy and the Keras dtype policy for this machine.
 
     - ``MirroredStrategy`` only with more than one GPU and ``multi_gpu``;
@@ -187,7 +190,7 @@ def configure_device(mixed_precision: bool = False, multi_gpu: bool = False) -> 
 
 
 def describe_device() -> str:
-    """"CPU", or the first GPU's name (prefixed with the count if several), for run tags."""
+    """ "CPU", or the first GPU's name (prefixed with the count if several), for run tags."""
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
         return "CPU"

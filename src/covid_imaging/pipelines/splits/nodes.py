@@ -29,12 +29,30 @@ def _bins_for_fraction(fraction: float, n_bins: int, name: str) -> int:
     return bins
 
 
+def _round_robin_group_bins(labels: pd.Series, groups: pd.Series, n_bins: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    group_label = pd.DataFrame({"label": labels.to_numpy(), "group": groups.to_numpy()}).groupby("group")["label"].first()
+    bin_of_group: dict[str, int] = {}
+    offset = 0
+    for _, members in group_label.groupby(group_label):
+        shuffled = rng.permutation(members.index.to_numpy())
+        for position, group in enumerate(shuffled):
+            bin_of_group[group] = (offset + position) % n_bins
+        offset += len(shuffled)
+    return groups.map(bin_of_group).to_numpy()
+
+
 def _stratified_group_bins(labels: pd.Series, groups: pd.Series, n_bins: int, seed: int) -> np.ndarray:
     """Assign every row to one of ``n_bins`` bins, stratified by label, grouped by group."""
     n_groups = groups.nunique()
     effective_bins = min(n_bins, n_groups)
     if effective_bins < 2:
         return np.zeros(len(labels), dtype=int)
+    if labels.value_counts().max() < effective_bins:
+        # Too few images per class for StratifiedGroupKFold (tiny data sets): deal the
+        # groups of each class round-robin into the bins instead, in a seeded order.
+        logger.warning("splits: fewer than %d images per class; round-robin group assignment", effective_bins)
+        return _round_robin_group_bins(labels, groups, effective_bins, seed)
     splitter = StratifiedGroupKFold(n_splits=effective_bins, shuffle=True, random_state=seed)
     bins = np.full(len(labels), -1, dtype=int)
     for bin_index, (_, held_out) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):

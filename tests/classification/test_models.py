@@ -1,0 +1,201 @@
+"""Builders: shapes, one finite training step, weights rule, naming, custom layers."""
+
+import dataclasses
+import types
+
+import keras
+import numpy as np
+import pytest
+
+from covid_imaging.classification import models
+from covid_imaging.classification.layers import ImageNetPreprocessing, RepeatChannels
+from covid_imaging.classification.models import (
+    CLASSIFIER_BUILDERS,
+    build_classifier,
+    build_hrnet,
+    build_keras_application,
+    build_resnet50,
+    build_simple_cnn,
+)
+
+from .helpers import N_CLASSES, random_batch, weights_equal
+
+# Smallest inputs each architecture accepts, small heads: CPU-friendly.
+TINY_BUILDS = {
+    "simple_cnn": {"input_size": 32},
+    "basic_cnn": {"input_size": 32},
+    "alexnet": {"input_size": 32, "dense_units": 32},
+    "hrnet": {"input_size": 32, "small": True},
+    "resnet50": {"input_size": 32},
+    "resnet152": {"input_size": 32},
+    "densenet121": {"input_size": 32},
+    "efficientnetb4": {"input_size": 32},
+    "vgg16": {"input_size": 32},
+    "mobilenetv2": {"input_size": 32},
+    "inceptionv3": {"input_size": 75},
+}
+
+
+def test_every_registered_builder_has_a_tiny_test_configuration():
+    assert set(CLASSIFIER_BUILDERS) == set(TINY_BUILDS)
+
+
+@pytest.mark.parametrize("name", sorted(TINY_BUILDS))
+def test_builder_outputs_softmax_and_trains_one_step(name):
+    kwargs = TINY_BUILDS[name]
+    model = build_classifier(name, n_classes=N_CLASSES, weights=None, **kwargs)
+    images, labels = random_batch(kwargs["input_size"], n=2)
+
+    probabilities = np.asarray(model(images, training=False))
+    assert model.input_shape == (None, kwargs["input_size"], kwargs["input_size"], 1)
+    assert probabilities.shape == (2, N_CLASSES)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    assert model.get_layer("classifier").units == N_CLASSES
+
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", run_eagerly=True)
+    loss = model.train_on_batch(images, labels)
+    assert np.isfinite(loss)
+
+
+def test_unknown_classifier_lists_the_known_names():
+    with pytest.raises(ValueError, match="resnet50") as error:
+        build_classifier("resnet9000", n_classes=3)
+    assert "hrnet" in str(error.value) and "simple_cnn" in str(error.value)
+
+
+def test_builder_names_are_case_insensitive():
+    model = build_classifier("Simple_CNN", n_classes=2, input_size=32)
+    assert model.name == "simple_cnn"
+
+
+def test_layer_names_are_deterministic_across_builds():
+    first = build_simple_cnn(3, input_size=32)
+    second = build_simple_cnn(3, input_size=32)
+    assert [layer.name for layer in first.layers] == [layer.name for layer in second.layers]
+
+
+def test_custom_architecture_rejects_imagenet_weights():
+    with pytest.raises(ValueError, match="No ImageNet weights"):
+        build_simple_cnn(3, input_size=32, weights="imagenet")
+
+
+def test_missing_weights_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="weights"):
+        build_resnet50(3, input_size=32, weights=tmp_path / "nope.h5")
+
+
+def test_custom_architecture_loads_weights_from_a_path(tmp_path):
+    trained = build_simple_cnn(3, input_size=32, filters=(4, 8), dense_units=8)
+    path = tmp_path / "simple.weights.h5"
+    trained.save_weights(path)
+    reloaded = build_simple_cnn(3, input_size=32, filters=(4, 8), dense_units=8, weights=path)
+    for original, loaded in zip(trained.layers, reloaded.layers, strict=True):
+        assert weights_equal(original.get_weights(), loaded.get_weights())
+
+
+def test_keras_application_loads_backbone_weights_from_a_path(tmp_path):
+    donor = build_keras_application("mobilenetv2", 3, input_size=32)
+    path = tmp_path / "mobilenetv2_notop.weights.h5"
+    donor.get_layer("mobilenetv2").save_weights(path)
+
+    model = build_keras_application("mobilenetv2", 3, input_size=32, weights=path)
+    base = model.get_layer("mobilenetv2")
+    assert weights_equal(base.get_weights(), donor.get_layer("mobilenetv2").get_weights())
+    # Pretrained weights: backbone frozen by default.
+    assert base.trainable_weights == []
+    assert model.get_layer("classifier").trainable_weights
+
+
+def test_imagenet_weights_are_requested_and_freeze_the_backbone(monkeypatch):
+    requested = {}
+
+    def fake_resnet50(**kwargs):
+        requested.update(kwargs)
+        return keras.applications.ResNet50(**{**kwargs, "weights": None})
+
+    fake_specs = dict(models.KERAS_APPLICATIONS)
+    fake_specs["resnet50"] = dataclasses.replace(fake_specs["resnet50"], constructor=fake_resnet50)
+    monkeypatch.setattr(models, "KERAS_APPLICATIONS", types.MappingProxyType(fake_specs))
+
+    model = build_resnet50(3, input_size=32, weights="imagenet")
+    assert requested["weights"] == "imagenet"
+    assert requested["include_top"] is False
+    assert model.get_layer("resnet50").trainable is False
+
+
+def test_random_init_backbone_is_trainable_unless_frozen_explicitly():
+    assert build_resnet50(3, input_size=32).get_layer("resnet50").trainable_weights
+    frozen = build_resnet50(3, input_size=32, freeze_base=True)
+    assert frozen.get_layer("resnet50").trainable_weights == []
+
+
+def test_gray_input_is_repeated_to_rgb_inside_imagenet_models():
+    model = build_resnet50(3, input_size=32)
+    assert isinstance(model.get_layer("gray_to_rgb"), RepeatChannels)
+    assert model.get_layer("resnet50").input_shape == (None, 32, 32, 3)
+    rgb = build_resnet50(3, input_size=32, channels=3)
+    assert rgb.input_shape == (None, 32, 32, 3)
+
+
+def test_application_input_size_below_minimum_is_rejected():
+    with pytest.raises(ValueError, match=">= 75"):
+        build_classifier("inceptionv3", n_classes=3, input_size=32)
+
+
+@pytest.mark.parametrize(
+    ("mode", "reference"),
+    [
+        ("caffe", keras.applications.resnet50.preprocess_input),
+        ("torch", keras.applications.densenet.preprocess_input),
+        ("tf", keras.applications.mobilenet_v2.preprocess_input),
+    ],
+)
+def test_imagenet_preprocessing_matches_keras_preprocess_input(mode, reference):
+    rgb = np.random.default_rng(1).random((2, 4, 4, 3), dtype=np.float32)
+    ours = np.asarray(ImageNetPreprocessing(mode)(rgb))
+    expected = np.asarray(reference(rgb.copy() * 255.0))
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_repeat_channels_copies_the_gray_channel():
+    gray = np.arange(8, dtype=np.float32).reshape(1, 2, 4, 1)
+    rgb = np.asarray(RepeatChannels(3)(gray))
+    assert rgb.shape == (1, 2, 4, 3)
+    for channel in range(3):
+        np.testing.assert_array_equal(rgb[..., channel], gray[..., 0])
+
+
+def test_model_with_custom_layers_round_trips_through_keras_file(tmp_path):
+    model = build_keras_application("mobilenetv2", 3, input_size=32)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    images, _ = random_batch(32, n=2)
+    np.testing.assert_allclose(
+        np.asarray(reloaded(images, training=False)),
+        np.asarray(model(images, training=False)),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+def test_hrnet_has_four_parallel_branches_with_halving_resolution():
+    model = build_hrnet(3, input_size=64, small=True, width=8)
+    # Fused outputs of stage 4's last module: one per branch, 1/4 .. 1/32 resolution.
+    shapes = [model.get_layer(f"stage4_m0_fuse_fused{i}").output.shape for i in range(4)]
+    assert [s[1] for s in shapes] == [16, 8, 4, 2]
+    assert [s[-1] for s in shapes] == [8, 16, 32, 64]
+    # Fusion really mixes resolutions: upsampled low-res and strided high-res inputs.
+    assert model.get_layer("stage4_m0_fuse_to0_from3_up") is not None
+    assert model.get_layer("stage4_m0_fuse_to3_from0_down2_conv").strides == (2, 2)
+
+
+def test_hrnet_small_is_smaller_than_default():
+    small = build_hrnet(3, input_size=32, small=True)
+    default = build_hrnet(3, input_size=32)
+    assert small.count_params() < default.count_params()
+
+
+def test_hrnet_rejects_sizes_that_do_not_halve_cleanly():
+    with pytest.raises(ValueError, match="multiple of 32"):
+        build_hrnet(3, input_size=48)
