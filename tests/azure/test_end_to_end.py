@@ -146,10 +146,16 @@ def test_kedro_run_segmentation_env_azure(
     )
     expected, _ = build_manifest(local.load(), params)
     AtomicCSVDataset(filepath=str(tmp_path / "expected.csv")).save(expected)
+    manifest = AtomicCSVDataset(filepath=str(project / "data/02_intermediate/manifest.csv")).load()
     pd.testing.assert_frame_equal(
-        AtomicCSVDataset(filepath=str(project / "data/02_intermediate/manifest.csv")).load(),
-        AtomicCSVDataset(filepath=str(tmp_path / "expected.csv")).load(),
+        manifest, AtomicCSVDataset(filepath=str(tmp_path / "expected.csv")).load()
     )
+    assert (
+        len(manifest) >= 30
+        and manifest["image_uri"].str.startswith(f"abfs://{container}/{prefix}/").all()
+    )
+    comparison = pd.read_csv(project / "data/08_reporting/segmentation_comparison.csv")
+    assert set(comparison["model"]) == set(MODELS)
     assert list((project / "data/.blob_cache").rglob("index.json"))
 
     # Nothing secret in MLflow (params, tags, metrics keys).

@@ -111,7 +111,7 @@ def _score_function(
 
 def _top_level_forward(model: keras.Model, target: keras.layers.Layer) -> Forward:
     score_tensor, to_logits = _score_function(model)
-    grad_model = keras.Model(model.inputs, [target.output, score_tensor])
+    grad_model = keras.Model(model.input, [target.output, score_tensor])
 
     def forward(images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         activation, score_input = grad_model(images, training=False)
@@ -124,7 +124,7 @@ def _nested_forward(
     model: keras.Model, container: keras.Model, target: keras.layers.Layer
 ) -> Forward:
     """Walk a chain-structured outer model, splitting the nested backbone at ``target``."""
-    inner = keras.Model(container.inputs, [target.output, container.output])
+    inner = keras.Model(container.input, [target.output, container.output])
     head = model.layers[-1]
     to_logits = _logits_from_head(head)
     chain = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
@@ -228,7 +228,7 @@ def saliency_map(
     """Vanilla gradient saliency ``(N, H, W)`` in [0, 1]: |d logit / d pixel|, max over channels."""
     batch = tf.Variable(_as_batch(images))
     score_tensor, to_logits = _score_function(model)
-    score_model = keras.Model(model.inputs, score_tensor)
+    score_model = keras.Model(model.input, score_tensor)
     with tf.GradientTape() as tape:
         logits = to_logits(score_model(batch, training=False))
         scores = _chosen_scores(logits, _broadcast_class_indices(class_indices, batch.shape[0]))

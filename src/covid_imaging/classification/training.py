@@ -179,6 +179,7 @@ def train_classifier(
         callbacks=make_callbacks(config, has_validation=val_ds is not None),
         class_weight=dict(config.class_weight) if config.class_weight else None,
         verbose=config.verbose,
+        shuffle=False,  # datasets shuffle themselves (seeded) in make_classification_dataset
     )
     return model, _history_to_floats(fit_history.history)
 

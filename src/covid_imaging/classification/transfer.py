@@ -189,4 +189,4 @@ def replace_head(
     outputs = keras.layers.Dense(n_classes, activation="softmax", name=CLASSIFIER_LAYER_NAME)(
         features
     )
-    return keras.Model(model.inputs, outputs, name=model.name)
+    return keras.Model(model.input, outputs, name=model.name)

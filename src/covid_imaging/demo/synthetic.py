@@ -59,12 +59,14 @@ Determinism
 -----------
 Images depend only on the seed and the arguments. The code avoids every source of
 run-to-run or machine-to-machine variation: it uses numpy ``Generator`` streams
-derived from the seed, only elementwise IEEE arithmetic on arrays (no transcendental
-ufuncs, reductions or BLAS, whose SIMD code paths differ between CPUs), scalar
-``math`` functions, and only the bit-exact OpenCV 8-bit operations (drawing,
-``GaussianBlur`` and ``resize`` with ``INTER_LINEAR_EXACT`` / ``INTER_AREA`` on uint8).
-Pixels are therefore identical on every machine; the PNG bytes are identical for the
-same OpenCV build (the PNG compressor ships inside the pinned wheel).
+derived from the seed, only elementwise IEEE arithmetic on float arrays (no
+transcendental ufuncs, float reductions or BLAS, whose SIMD code paths round
+differently on different CPUs), integer cumulative sums, scalar ``math`` functions,
+and only the bit-exact OpenCV operations on uint8 images (drawing, ``GaussianBlur``,
+``resize`` with ``INTER_LINEAR_EXACT``, connected components). Pixels are therefore
+identical on every machine (a test re-runs the generator with numpy's and OpenCV's
+SIMD paths switched off); the PNG bytes are identical for the same OpenCV build (the
+PNG compressor ships inside the pinned wheel).
 """
 
 from __future__ import annotations
@@ -325,10 +327,10 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
     k, w = _bspline_weights(size, cells)
     rows = w[0][None, :] * grid[:, k]
     for j in range(1, 4):
-        rows = rows + w[j][None, :] * grid[:, k + j]
-    out = w[0][:, None] * rows[k, :]
+        rows += w[j][None, :] * grid[:, k + j]
+    out = w[0][:, None] * np.take(rows, k, axis=0)
     for j in range(1, 4):
-        out = out + w[j][:, None] * rows[k + j, :]
+        out += w[j][:, None] * np.take(rows, k + j, axis=0)
     return out
 
 
@@ -634,7 +636,9 @@ def _rib_paths(p: _CxrPatient) -> tuple[list[np.ndarray], list[np.ndarray]]:
         )  # fmt: skip
         ctrl[:, 0] = 0.5 - (0.5 - ctrl[:, 0]) * narrow
         ctrl[:, 1] = y0 + (ctrl[:, 1] - y0) * (0.55 + 0.45 * narrow)
-        ant = np.array([(0.108, y0 + 0.16), (0.16, y0 + 0.235), (0.25, y0 + 0.285), (0.33, y0 + 0.31)])
+        ant = np.array(
+            [(0.108, y0 + 0.16), (0.16, y0 + 0.235), (0.25, y0 + 0.285), (0.33, y0 + 0.31)]
+        )
         ant[:, 0] = 0.5 - (0.5 - ant[:, 0]) * narrow
         for side in (-1.0, 1.0):
             for src, dst in ((ctrl, posterior), (ant, anterior)):
@@ -685,6 +689,7 @@ def _render_cxr(p: _CxrPatient, rng: np.random.Generator, size: int):
     X, Y = _coords(S)
     right, left = _spline(p.right), _spline(p.left)
     mediastinum = _spline(p.mediastinum)
+
     def paint_mediastinum(c: _Canvas):
         c.poly(mediastinum, 255)
 
@@ -743,7 +748,12 @@ def _render_cxr(p: _CxrPatient, rng: np.random.Generator, size: int):
     vcan = _Canvas(S, tf).segments(*_cxr_vessel_tree(p))
     vessels = _unit(_blur(vcan.img, 0.0035 * S))
     hila = _soft(
-        S, 0.018, lambda c: c.polys([_ellipse(0.455, 0.46, 0.03, 0.05), _ellipse(0.55, 0.46, 0.03, 0.05)], 255), tf
+        S,
+        0.018,
+        lambda c: c.polys(
+            [_ellipse(0.455, 0.46, 0.03, 0.05), _ellipse(0.55, 0.46, 0.03, 0.05)], 255
+        ),
+        tf,
     )
 
     # ---- bones -----------------------------------------------------------------------
@@ -782,7 +792,9 @@ def _render_cxr(p: _CxrPatient, rng: np.random.Generator, size: int):
     for yk in np.arange(-0.02, 1.05, step) + (p.rib_y0[0] % step):
         w = 0.036 + 0.008 * yk
         h = step * 0.8
-        bodies.append(np.array([(0.5 - w, yk), (0.5 + w, yk), (0.5 + w, yk + h), (0.5 - w, yk + h)]))
+        bodies.append(
+            np.array([(0.5 - w, yk), (0.5 + w, yk), (0.5 + w, yk + h), (0.5 - w, yk + h)])
+        )
         for s in (-1.0, 1.0):
             pedicles.append(_ellipse(0.5 + s * w * 0.78, yk + step * 0.3, 0.008, 0.012, 0, 16))
         processes.append(_ellipse(0.5, yk + step * 0.55, 0.006, 0.012, 0, 12))
@@ -801,7 +813,9 @@ def _render_cxr(p: _CxrPatient, rng: np.random.Generator, size: int):
     a = a + _F32(0.025) * lung_soft * _smooth_noise(rng, S, S // 10)  # parenchymal texture
     # liver and spleen under the domes: as dense as the heart, which merges into them
     rb, lb = p.right[_LOWER_IDX], p.left[_LOWER_IDX]
-    below = np.concatenate([rb[1:-1], lb[::-1][1:-1], [(1.2, 0.95), (1.2, 1.3), (-0.2, 1.3), (-0.2, 0.95)]])
+    below = np.concatenate(
+        [rb[1:-1], lb[::-1][1:-1], [(1.2, 0.95), (1.2, 1.3), (-0.2, 1.3), (-0.2, 0.95)]]
+    )
     abdomen = _soft(S, 0.012, lambda c: c.poly(below, 255), tf)
     a = a + _F32(0.1) * abdomen * body
     if p.bubble is not None:
@@ -810,7 +824,9 @@ def _render_cxr(p: _CxrPatient, rng: np.random.Generator, size: int):
         bub = _soft(S, 0.006, lambda c: c.poly(_ellipse(bx, dome + bh + 0.02, bw, bh), 255), tf)
         a = a - _F32(0.12) * bub
     # exposure gradient (heel effect) and film fog
-    grad = _F32(rng.uniform(-0.04, 0.04)) * (Y - _F32(0.5)) + _F32(rng.uniform(-0.03, 0.03)) * (X - _F32(0.5))
+    grad = _F32(rng.uniform(-0.04, 0.04)) * (Y - _F32(0.5)) + _F32(rng.uniform(-0.03, 0.03)) * (
+        X - _F32(0.5)
+    )
     a = a + grad + _F32(0.025) * _smooth_noise(rng, S, 6)
     # quantum mottle: fine noise plus a little correlated noise
     sigma = rng.uniform(0.008, 0.018)
@@ -856,6 +872,7 @@ def _cxr_lesion_fill(
         return np.zeros((S, S), _F32)
 
     if p.label == "covid":
+
         def paint(c: _Canvas):
             for x, y, ax, ay, ang, v in les["patches"]:
                 c.poly(_ellipse(x, y, ax, ay, ang, 28), 255 * v)
@@ -876,7 +893,9 @@ def _cxr_lesion_fill(
         ex, ey = les["extent"]
         sgn = 1.0 if side == "left" else -1.0
         xs = np.linspace(0.0, 1.0, 24)
-        fiss = np.stack([xs, fy + slope * sgn * (xs - 0.5) + curve * (xs - 0.5) ** 2 * 0.5], -1)
+        fiss = np.stack(
+            [xs, fy + slope * sgn * (xs - 0.5) + curve * (xs - 0.5) * (xs - 0.5) * 0.5], -1
+        )
         above = les["lobe"] == "upper"
         edge_y = -0.3 if above else 1.3
         region = np.concatenate([fiss, [(1.0, edge_y), (0.0, edge_y)]], 0)
@@ -921,7 +940,9 @@ def _cxr_lesion_fill(
         for hilum, base in (((0.445, 0.46), 180.0), ((0.56, 0.47), 0.0)):
             for k in range(13):
                 ang = base + (k - 6) * 14.0 * (1 if base == 0 else -1) + rng.normal(0, 6)
-                a0, b0, lev, wid = _tree(rng, hilum, ang, rng.uniform(0.05, 0.08), 0.008, 4, (12, 28))
+                a0, b0, lev, wid = _tree(
+                    rng, hilum, ang, rng.uniform(0.05, 0.08), 0.008, 4, (12, 28)
+                )
                 sc.segments(a0, b0, [200] * len(lev), wid)
         streaks = _unit(_blur(sc.img, 0.005 * S))
         pattern = _F32(0.45) * lines + _F32(0.3) * lines2 + _F32(0.35) * streaks
@@ -985,28 +1006,31 @@ class _CtPatient:
     ty: float
     table: bool
     arms_up: bool
+    shape_seed: int
 
 
 def _sample_ct_patient(rng: np.random.Generator) -> _CtPatient:
     bw = rng.uniform(0.4, 0.46)
     bh = bw * rng.uniform(0.62, 0.75)
     cy = rng.uniform(0.48, 0.53)
-    fat = rng.uniform(0.01, 0.045)
-    wall = fat + rng.uniform(0.03, 0.045)
+    fat = rng.uniform(0.008, 0.035)
+    wall = fat + rng.uniform(0.018, 0.03)
     return _CtPatient(
         body=(0.5, cy, bw, bh),
         fat=fat,
-        cavity=(0.5, cy + 0.01, bw - wall, bh - wall),
+        # the back lies flat on the table (at cy + 0.9 bh) with thick paraspinal muscles
+        cavity=(0.5, cy - 0.012, bw - wall, bh * 0.9 - wall - 0.012),
         heart_scale=rng.uniform(0.85, 1.15),
         heart_shift=rng.uniform(-0.02, 0.02),
         window=(rng.uniform(-660.0, -520.0), rng.uniform(1000.0, 1300.0)),
         noise=rng.uniform(12.0, 30.0),
-        sx=rng.uniform(1.0, 1.12),
+        sx=rng.uniform(1.04, 1.14),
         rot=rng.normal(0.0, 2.0),
         tx=rng.uniform(-0.02, 0.02),
         ty=rng.uniform(-0.02, 0.02),
         table=bool(rng.random() < 0.7),
         arms_up=bool(rng.random() < 0.8),
+        shape_seed=int(rng.integers(2**62)),
     )
 
 
@@ -1019,7 +1043,9 @@ _CT_LUNG_UV = np.array(
         (-0.33, 0.08), (-0.3, -0.25), (-0.15, -0.68),
     ]
 )  # fmt: skip
-_CT_MEDIAL = np.array([0.5, 0.2, 0, 0, 0, 0, 0, 0, 0, 0, 0.3, 1.0, 1.0])  # heart indentation weights
+_CT_MEDIAL = np.array(
+    [0.5, 0.2, 0, 0, 0, 0, 0, 0, 0, 0, 0.3, 1.0, 1.0]
+)  # heart indentation weights
 
 
 def _ct_lungs(p: _CtPatient, z: float, rng: np.random.Generator) -> list[np.ndarray]:
@@ -1047,17 +1073,21 @@ def _render_ct(p: _CtPatient, rng: np.random.Generator, size: int, z: float, lab
     # table, body (fat), muscle
     if p.table:
         ty = cy + bh + 0.035
-        c.line(_spline([(0.08, ty - 0.03), (0.5, ty), (0.92, ty - 0.03)], 8, False), _hu(-300), 0.008)
-        c.line(_spline([(0.1, ty + 0.015), (0.5, ty + 0.045), (0.9, ty + 0.015)], 8, False), _hu(-600), 0.004)
+        c.line(
+            _spline([(0.08, ty - 0.03), (0.5, ty), (0.92, ty - 0.03)], 8, False), _hu(-300), 0.008
+        )
+        c.line(
+            _spline([(0.1, ty + 0.015), (0.5, ty + 0.045), (0.9, ty + 0.015)], 8, False),
+            _hu(-600),
+            0.004,
+        )
     body = _ellipse(cx, cy, bw, bh, 0, 64)
     body[:, 1] = np.minimum(body[:, 1], cy + bh * 0.9)  # flattened back on the table
     c.poly(body, _hu(40))
     c.poly(_ellipse(cx, cy, bw - 0.004, bh - 0.004, 0, 64), _hu(-100))
     mus = _ellipse(cx, cy + 0.005, bw - p.fat, bh - p.fat, 0, 64)
     c.poly(mus, _hu(45))
-    if p.arms_up:
-        pass
-    else:
+    if not p.arms_up:
         for s in (-1.0, 1.0):
             c.poly(_ellipse(cx + s * (bw + 0.05), cy, 0.045, 0.08, 0, 32), _hu(40))
             c.poly(_ellipse(cx + s * (bw + 0.05), cy, 0.015, 0.02, 0, 16), _hu(700))
@@ -1073,7 +1103,7 @@ def _render_ct(p: _CtPatient, rng: np.random.Generator, size: int, z: float, lab
         for t0 in np.arange(-140.0, 140.0, 32.0) + rng.uniform(-6.0, 6.0):
             if abs(t0) < 30:
                 continue
-            ts = np.radians(np.array([t0, t0 + 7.0, t0 + 14.0]))
+            ts = [math.radians(t0 + d) for d in (0.0, 7.0, 14.0)]
             r = 1.03
             ribs.append(np.stack([kx + s * ax * r * np.array([math.sin(t) for t in ts]),
                                   ky - ay * r * np.array([math.cos(t) for t in ts])], -1))  # fmt: skip
@@ -1081,7 +1111,9 @@ def _render_ct(p: _CtPatient, rng: np.random.Generator, size: int, z: float, lab
     c.poly(_ellipse(kx, ky - ay * 1.02, 0.025, 0.012, 0, 16), _hu(500))  # sternum
     # mediastinum, then lungs, then the structures that indent them
     c.poly(_ellipse(kx, ky, ax, ay, 0, 48), _hu(40))
-    lungs = [_spline(q) for q in _ct_lungs(p, z, np.random.default_rng(int(z * 1000)))]
+    lungs = [
+        _spline(q) for q in _ct_lungs(p, z, np.random.default_rng([p.shape_seed, int(z * 1000)]))
+    ]
     lung_hu = -860.0 + rng.normal(0.0, 15.0)
     c.polys(lungs, _hu(lung_hu))
     hs = p.heart_scale
@@ -1105,7 +1137,9 @@ def _render_ct(p: _CtPatient, rng: np.random.Generator, size: int, z: float, lab
 
     # lung-only mask for vessels and lesions
     lung_mask = _Canvas(S, tf).polys(lungs, 255).img
-    lung_mask = np.where(np.abs(c.img.astype(np.int16) - _hu(lung_hu)) <= 1, lung_mask, 0).astype(np.uint8)
+    lung_mask = np.where(np.abs(c.img.astype(np.int16) - _hu(lung_hu)) <= 1, lung_mask, 0).astype(
+        np.uint8
+    )
     lung_f = _unit(_blur(lung_mask, 0.003 * S))
 
     # vessels: branching from the hila; in-plane branches are lines, the others are cut
@@ -1135,7 +1169,9 @@ def _render_ct(p: _CtPatient, rng: np.random.Generator, size: int, z: float, lab
     hu = hu + _ct_lesions(rng, S, tf, lungs, lung_mask, lung_f, label, p)
 
     # noise (slightly correlated, like reconstructed CT noise) and the lung window
-    hu = hu + _F32(p.noise) * (rng.standard_normal((S, S), dtype=_F32) + _F32(0.6) * _smooth_noise(rng, S, S // 3))
+    hu = hu + _F32(p.noise) * (
+        rng.standard_normal((S, S), dtype=_F32) + _F32(0.6) * _smooth_noise(rng, S, S // 3)
+    )
     level, width = p.window
     lo = level - width / 2.0
     out = np.clip(np.rint((hu - _F32(lo)) * _F32(255.0 / width)), 0, 255).astype(np.uint8)
@@ -1151,16 +1187,16 @@ def _ct_lesions(rng, S, tf, lungs, lung_mask, lung_f, label, p: _CtPatient) -> n
     post = np.clip((np.arange(64)[:, None] + 0.5) / 64.0 - (ky - ay * 0.6), 0.0, 1.0) * 2.0 + 0.3
     if label == "covid":
         w = np.clip(edge * post, 0, 255).astype(np.uint8)
-        n = int(rng.integers(3, 9))
+        n = int(rng.integers(4, 10))
         pts = _sample_points(rng, w, n)
-        if rng.random() < 0.85:  # bilateral: mirror some lesions into the other lung
+        if rng.random() < 0.9:  # bilateral: mirror some lesions into the other lung
             m = pts[: n // 2].copy()
             m[:, 0] = 2 * kx - m[:, 0]
             pts = np.concatenate([pts, m + rng.normal(0.0, 0.02, m.shape)], 0)
         shapes, dense = [], []
         for x, y in pts.tolist():
             ang = math.degrees(math.atan2(y - ky, x - kx)) + 90.0  # along the pleura
-            big, small = rng.uniform(0.04, 0.1), rng.uniform(0.02, 0.045)
+            big, small = rng.uniform(0.05, 0.11), rng.uniform(0.025, 0.05)
             # a lesion is a cluster of overlapping blobs: irregular outline
             for _ in range(int(rng.integers(2, 5))):
                 ox, oy = rng.normal(0.0, big * 0.45), rng.normal(0.0, small * 0.5)
@@ -1174,7 +1210,7 @@ def _ct_lesions(rng, S, tf, lungs, lung_mask, lung_f, label, p: _CtPatient) -> n
         net = _smooth_noise(rng, S, S // 6)
         paving = np.clip(_F32(1.0) - np.abs(net) * _F32(3.0), 0.0, 1.0)
         mottle = np.clip(_F32(0.75) + _F32(0.3) * _smooth_noise(rng, S, 24), 0.0, 1.0)
-        amp = _F32(rng.uniform(330.0, 520.0))
+        amp = _F32(rng.uniform(380.0, 560.0))
         hu = (amp * mottle + _F32(rng.uniform(0.0, 150.0)) * paving) * ggo + _F32(450.0) * cons
         return hu * lung_f
     if label == "non_covid":
@@ -1182,15 +1218,18 @@ def _ct_lesions(rng, S, tf, lungs, lung_mask, lung_f, label, p: _CtPatient) -> n
         if kind == "clear":
             return np.zeros((S, S), _F32)
         if kind == "nodule":
-            (x, y), = _sample_points(rng, (tpl > 0).astype(np.uint8), 1)
+            ((x, y),) = _sample_points(rng, (tpl > 0).astype(np.uint8), 1)
             r = rng.uniform(0.006, 0.014)
             nod = _soft(S, 0.002, lambda c: c.poly(_ellipse(x, y, r, r, 0, 20), 255), tf)
             return _F32(880.0) * nod * lung_f
         if kind == "scar":
-            (x, y), = _sample_points(rng, np.clip(edge, 0, 255).astype(np.uint8), 1)
+            ((x, y),) = _sample_points(rng, np.clip(edge, 0, 255).astype(np.uint8), 1)
             ang = rng.uniform(0, math.pi)
             ln = rng.uniform(0.03, 0.06)
-            seg = [(x - ln * math.cos(ang), y - ln * math.sin(ang)), (x + ln * math.cos(ang), y + ln * math.sin(ang))]
+            seg = [
+                (x - ln * math.cos(ang), y - ln * math.sin(ang)),
+                (x + ln * math.cos(ang), y + ln * math.sin(ang)),
+            ]
             sc = _soft(S, 0.002, lambda c: c.line(seg, 255, 0.004), tf)
             return _F32(700.0) * sc * lung_f
         if kind == "emphysema":
@@ -1203,7 +1242,7 @@ def _ct_lesions(rng, S, tf, lungs, lung_mask, lung_f, label, p: _CtPatient) -> n
             )  # fmt: skip
             return _F32(-110.0) * bul * lung_f
         # thin dependent (posterior) atelectasis band
-        band = np.clip((Y_ := _coords(S)[1]) - _F32(ky + ay * 0.55), 0.0, 0.05) * _F32(20.0)
+        band = np.clip(_coords(S)[1] - _F32(ky + ay * 0.55), 0.0, 0.05) * _F32(20.0)
         return _F32(250.0) * band * lung_f
     raise ValueError(f"unknown CT label {label!r}; expected one of {CT_CLASSES}")
 
@@ -1241,13 +1280,16 @@ scans and must never be used for any medical purpose.
 
 How it was made
 ---------------
-generator : covid_imaging.demo.synthetic (procedural numpy / OpenCV drawing)
-seed      : {seed}
-chest X-rays: {n_per_class} per class, {cxr_size} x {cxr_size} px, classes {cxr_classes}
-              {images_per_patient} image(s) per synthetic patient
-CT slices : {n_ct_per_class} per class, {ct_size} x {ct_size} px, classes {ct_classes}
-              {images_per_patient} slice(s) per synthetic scan
-files     : {n_cxr} radiographs + {n_cxr} lung masks, {n_ct} CT slices
+generator    : covid_imaging.demo.synthetic (procedural numpy / OpenCV drawing)
+call         : generate_demo_dataset(n_per_class={n_per_class}, cxr_size={cxr_size},
+               n_ct_per_class={n_ct_per_class}, ct_size={ct_size}, seed={seed},
+               images_per_patient={images_per_patient})
+seed         : {seed}
+chest X-rays : {n_per_class} per class, {cxr_size} x {cxr_size} px, classes {cxr_classes};
+               {images_per_patient} image(s) per synthetic patient
+CT slices    : {n_ct_per_class} per class, {ct_size} x {ct_size} px, classes {ct_classes};
+               {images_per_patient} slice(s) per synthetic scan
+files        : {n_cxr} radiographs + {n_cxr} lung masks, {n_ct} CT slices
 
 Layout (COVID-19 Radiography Database style)
 --------------------------------------------
@@ -1260,12 +1302,13 @@ group them: the group id is "<modality>_<pNNNN or sNNNN>", e.g. cxr_p0007.
 
 What the classes look like
 --------------------------
-normal    : clear lungs
-covid     : bilateral, peripheral, lower-zone patchy ground-glass opacities
-bacterial : dense lobar consolidation, usually in one lung, with air bronchograms
-viral     : diffuse bilateral perihilar interstitial / reticular pattern
-CT covid  : peripheral, posterior ground glass (crazy paving, consolidation)
-CT non_covid: clear lungs or one minor finding (nodule, scar, emphysema, atelectasis)
+X-ray normal    : clear lungs
+X-ray covid     : bilateral, peripheral, lower-zone patchy ground-glass opacities
+X-ray bacterial : dense lobar consolidation, usually in one lung, air bronchograms
+X-ray viral     : diffuse bilateral perihilar interstitial / reticular pattern
+CT covid        : peripheral, posterior ground glass (crazy paving, consolidation)
+CT non_covid    : clear lungs or one minor finding (nodule, scar, emphysema,
+                  basal atelectasis)
 
 Re-running the generator with the same seed and parameters gives the same pixels.
 """

@@ -1,0 +1,71 @@
+"""`kedro run --pipeline=segmentation` on a tiny demo set: models, reports and MLflow runs."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pandas as pd
+import pytest
+
+from covid_imaging.pipelines.segmentation.pipeline import SEGMENTATION_MODELS
+from tests.conftest import run_kedro
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "demo_data.generator.n_per_class": 6,
+    "demo_data.generator.n_ct_per_class": 2,
+    "demo_data.generator.cxr_size": 64,
+    "demo_data.generator.ct_size": 64,
+    "preprocessing.resize.size": 64,
+}
+for _model in SEGMENTATION_MODELS:
+    TINY |= {
+        f"segmentation.{_model}.data.image_size": 32,
+        f"segmentation.{_model}.data.batch_size": 4,
+        f"segmentation.{_model}.training.epochs": 2,
+        f"segmentation.{_model}.model.base_filters": 4,
+    }
+
+
+def test_segmentation_pipeline_on_tiny_demo_set(kedro_project):
+    run_kedro(kedro_project, "segmentation", params=TINY)
+    reports = kedro_project / "data/08_reporting"
+
+    comparison = pd.read_csv(reports / "segmentation_comparison.csv")
+    assert set(comparison["model"]) == set(SEGMENTATION_MODELS)
+    assert set(comparison["stage"]) == {"post-processed", "threshold 0.5"}
+    assert comparison[["mDice", "mIoU"]].apply(lambda c: c.between(0, 1)).all().all()
+
+    for model in SEGMENTATION_MODELS:
+        folder = reports / "segmentation" / model
+        per_image = pd.read_csv(folder / "per_image_metrics.csv")
+        assert {"dice_raw", "dice_post", "iou_post", "mse", "source"} <= set(per_image.columns)
+        summary = pd.read_csv(folder / "metrics_summary.csv")
+        assert summary["source"].iloc[0] == "all"
+        assert (folder / "training_curves.png").stat().st_size > 0
+        assert (folder / "sample_predictions.png").stat().st_size > 0
+        assert json.loads((folder / "test_metrics.json").read_text())["test_dice_post"] >= 0
+        assert list((kedro_project / "data/06_models/segmentation" / f"{model}.keras").glob("*/*.keras"))
+
+    mlflow.set_tracking_uri(f"sqlite:///{kedro_project / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    parent = [run for run in runs if run.info.run_name == "segmentation"]
+    assert len(parent) == 1
+    children = {run.info.run_name: run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id}
+    assert set(children) == {f"segmentation.{model}" for model in SEGMENTATION_MODELS}
+    for name, run in children.items():
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["device"] == "CPU" and run.data.tags["dataset"] == "synthetic_demo"
+        assert run.data.tags["git_commit"]
+        assert run.data.params["training.epochs"] == "2"
+        assert {"test_dice_post", "test_dice_raw", "test_iou_post", "test_mse"} <= set(run.data.metrics)
+        history = client.get_metric_history(run.info.run_id, "val_loss")
+        assert [metric.step for metric in history] == [0, 1], name  # one point per epoch
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"model", "plots", "tables"} <= artifacts
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/model.keras"]
+        plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+        assert {"plots/training_curves.png", "plots/sample_predictions.png"} <= plots
