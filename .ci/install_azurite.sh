@@ -18,6 +18,12 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     exit 1
 fi
 
+node_major="$(node -p 'process.versions.node.split(".")[0]')"
+if (( node_major < 20 )); then
+    echo "install_azurite.sh: Node $(node --version) is too old; Azurite ${AZURITE_VERSION} needs Node 20 or newer" >&2
+    exit 1
+fi
+
 installed="$(node -p "require('${PREFIX}/node_modules/azurite/package.json').version" 2>/dev/null || true)"
 if [[ -x "${BIN}" && "${installed}" == "${AZURITE_VERSION}" ]]; then
     echo "azurite ${AZURITE_VERSION} already installed: ${BIN}"

@@ -71,8 +71,18 @@ def kedro_project(tmp_path, monkeypatch):
 
 
 def run_kedro(project: Path, pipeline: str, env: str | None = None, params: dict | None = None) -> dict:
-    """Run a pipeline in a fresh session, like `kedro run --pipeline=... --env=... --params=...`."""
+    """Run a pipeline in a fresh session, like `kedro run --pipeline=... --env=... --params=...`.
+
+    Dotted keys (``"segmentation.unet.training.epochs": 2``) are nested as the CLI does.
+    """
     from kedro.framework.session import KedroSession
 
-    with KedroSession.create(project_path=project, env=env, runtime_params=params or {}) as session:
+    nested: dict = {}
+    for dotted, value in (params or {}).items():
+        *parents, leaf = dotted.split(".")
+        target = nested
+        for key in parents:
+            target = target.setdefault(key, {})
+        target[leaf] = value
+    with KedroSession.create(project_path=project, env=env, runtime_params=nested) as session:
         return session.run(pipeline_names=[pipeline])

@@ -73,7 +73,7 @@ def test_project_credentials_file_is_read(tmp_path: Path) -> None:
     finally:
         del os.environ["TEST_AZ_KEY"]
     assert creds.account_name == "fileacct" and creds.account_key == KEY
-    assert "credentials.yml" in creds.source
+    assert "conf/local/credentials" in creds.source
 
 
 def test_missing_credentials_message_says_where_it_looked() -> None:
@@ -175,3 +175,9 @@ def test_broken_credentials_file_does_not_block_the_env_var(tmp_path: Path) -> N
     with pytest.raises(AzureCredentialsError, match="cannot read credentials from") as info:
         resolve_credentials(project_path=tmp_path, environ={})
     assert "\n" not in str(info.value)
+
+
+def test_placeholder_values_are_reported_not_used() -> None:
+    example = "DefaultEndpointsProtocol=https;AccountName=<account>;AccountKey=<key>;EndpointSuffix=core.windows.net"
+    with pytest.raises(AzureCredentialsError, match="connection_string is still a <placeholder>"):
+        resolve_credentials({"connection_string": example}, use_project_credentials=False)

@@ -130,3 +130,18 @@ def test_filename_suffix_filters_and_strips_like_partitioned_dataset(
         filename_suffix=".png",
     ).load()
     assert sorted(data) == sorted(local) and "cxr/covid/images/img_000" in data
+
+
+def test_folder_placeholder_blobs_are_not_files(
+    png_folder: Path,
+    container: str,
+    blob_credentials: BlobCredentials,
+    connection_string: str,
+    tmp_path: Path,
+) -> None:
+    """Hierarchical-namespace accounts list folders as empty blobs marked hdi_isfolder."""
+    upload_folder(png_folder, container, "raw/v1", blob_credentials)
+    client = blob_credentials.service_client().get_container_client(container)
+    client.upload_blob("raw/v1/cxr", b"", metadata={"hdi_isfolder": "true"})
+    data = _dataset(container, connection_string, tmp_path / "cache").load()
+    assert "cxr" not in data and len(data) == 12

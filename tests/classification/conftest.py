@@ -14,4 +14,3 @@ def _seeded():
     keras.utils.set_random_seed(0)
     yield
     keras.backend.clear_session()
-

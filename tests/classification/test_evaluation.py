@@ -84,10 +84,16 @@ def test_metrics_agree_with_scikit_learn():
     y_pred = y_prob.argmax(1)
     metrics = classification_metrics(y_true, y_prob, CLASSES)
 
-    assert metrics["macro"]["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y_true, y_pred))
+    assert metrics["macro"]["balanced_accuracy"] == pytest.approx(
+        balanced_accuracy_score(y_true, y_pred)
+    )
     assert metrics["macro"]["f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
-    assert metrics["macro"]["precision"] == pytest.approx(precision_score(y_true, y_pred, average="macro"))
-    assert metrics["macro"]["roc_auc"] == pytest.approx(roc_auc_score(y_true, y_prob, multi_class="ovr"))
+    assert metrics["macro"]["precision"] == pytest.approx(
+        precision_score(y_true, y_pred, average="macro")
+    )
+    assert metrics["macro"]["roc_auc"] == pytest.approx(
+        roc_auc_score(y_true, y_prob, multi_class="ovr")
+    )
     for k, name in enumerate(CLASSES):
         assert metrics[name]["roc_auc"] == pytest.approx(roc_auc_score(y_true == k, y_prob[:, k]))
         assert metrics[name]["recall"] == pytest.approx(recall_score(y_true == k, y_pred == k))
@@ -122,7 +128,9 @@ def test_bootstrap_ci_contains_point_estimate_and_is_seeded():
 
 
 def test_bootstrap_samples_and_percentile_interval():
-    samples = bootstrap_metric_samples([0, 1, 2, 0, 1, 2], np.eye(3)[[0, 1, 2, 0, 1, 1]], 3, n_bootstrap=250)
+    samples = bootstrap_metric_samples(
+        [0, 1, 2, 0, 1, 2], np.eye(3)[[0, 1, 2, 0, 1, 1]], 3, n_bootstrap=250
+    )
     assert samples["macro:accuracy"].shape == (250,)
     assert samples["recall"].shape == (250, 3)
     assert percentile_interval(np.arange(101.0), 0.9) == pytest.approx((5.0, 95.0))

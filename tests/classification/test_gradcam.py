@@ -112,7 +112,9 @@ def test_overlay_blends_colormap_over_gray():
 
 
 def test_heatmap_mass_inside_mask_on_hand_made_maps():
-    heatmap = np.array([[1.0, 0.0, 0.0, 0.0], [0.0, 2.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
+    heatmap = np.array(
+        [[1.0, 0.0, 0.0, 0.0], [0.0, 2.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]]
+    )
     mask = np.zeros((4, 4), dtype=np.uint8)
     mask[:2, :2] = 255
     assert heatmap_mass_inside_mask(heatmap, mask) == pytest.approx(3 / 4)

@@ -123,18 +123,20 @@ def test_imagenet_weights_are_requested_and_freeze_the_backbone(monkeypatch):
     assert model.get_layer("resnet50").trainable is False
 
 
-def test_random_init_backbone_is_trainable_unless_frozen_explicitly():
-    assert build_resnet50(3, input_size=32).get_layer("resnet50").trainable_weights
-    frozen = build_resnet50(3, input_size=32, freeze_base=True)
-    assert frozen.get_layer("resnet50").trainable_weights == []
-
-
-def test_gray_input_is_repeated_to_rgb_inside_imagenet_models():
+def test_random_init_backbone_is_trainable_and_fed_rgb():
     model = build_resnet50(3, input_size=32)
+    base = model.get_layer("resnet50")
+    assert base.trainable_weights  # nothing pretrained to protect
+    # Gray input is repeated to 3 channels inside the model.
     assert isinstance(model.get_layer("gray_to_rgb"), RepeatChannels)
-    assert model.get_layer("resnet50").input_shape == (None, 32, 32, 3)
-    rgb = build_resnet50(3, input_size=32, channels=3)
-    assert rgb.input_shape == (None, 32, 32, 3)
+    assert base.input_shape == (None, 32, 32, 3)
+
+
+def test_backbone_can_be_frozen_explicitly_and_rgb_input_is_accepted():
+    model = build_keras_application("mobilenetv2", 3, input_size=32, channels=3, freeze_base=True)
+    assert model.input_shape == (None, 32, 32, 3)
+    assert model.get_layer("mobilenetv2").trainable_weights == []
+    assert "gray_to_rgb" not in [layer.name for layer in model.layers]
 
 
 def test_application_input_size_below_minimum_is_rejected():
@@ -180,20 +182,24 @@ def test_model_with_custom_layers_round_trips_through_keras_file(tmp_path):
 
 
 def test_hrnet_has_four_parallel_branches_with_halving_resolution():
-    model = build_hrnet(3, input_size=64, small=True, width=8)
+    model = build_hrnet(3, input_size=64, width=8)  # default (W18-small-v2-like) depth
     # Fused outputs of stage 4's last module: one per branch, 1/4 .. 1/32 resolution.
-    shapes = [model.get_layer(f"stage4_m0_fuse_fused{i}").output.shape for i in range(4)]
+    shapes = [model.get_layer(f"stage4_m1_fuse_fused{i}").output.shape for i in range(4)]
     assert [s[1] for s in shapes] == [16, 8, 4, 2]
     assert [s[-1] for s in shapes] == [8, 16, 32, 64]
     # Fusion really mixes resolutions: upsampled low-res and strided high-res inputs.
-    assert model.get_layer("stage4_m0_fuse_to0_from3_up") is not None
-    assert model.get_layer("stage4_m0_fuse_to3_from0_down2_conv").strides == (2, 2)
+    assert model.get_layer("stage4_m1_fuse_to0_from3_up").size == (8, 8)
+    assert model.get_layer("stage4_m1_fuse_to3_from0_down2_conv").strides == (2, 2)
+    # Stages 2, 3, 4 repeat 1, 3, 2 modules.
+    assert model.get_layer("stage3_m2_fuse_fused2") is not None
 
 
-def test_hrnet_small_is_smaller_than_default():
-    small = build_hrnet(3, input_size=32, small=True)
-    default = build_hrnet(3, input_size=32)
-    assert small.count_params() < default.count_params()
+def test_hrnet_small_has_fewer_modules_and_blocks():
+    model = build_hrnet(3, input_size=32, small=True)
+    names = {layer.name for layer in model.layers}
+    assert "stage4_m0_fuse_fused3" in names
+    assert not any(name.startswith(("stage3_m1", "stage4_m1")) for name in names)
+    assert not any("_blk1" in name for name in names)
 
 
 def test_hrnet_rejects_sizes_that_do_not_halve_cleanly():

@@ -33,7 +33,9 @@ def test_lungless_model_at_chance_does_not_trigger():
 
 def test_margin_decides_borderline_cases():
     lungless = {"accuracy": 0.62, "balanced_accuracy": 0.62}
-    assert not shortcut_audit_summary(REAL, lungless, 2, chance_margin=0.15)["lungless_above_chance"]
+    assert not shortcut_audit_summary(REAL, lungless, 2, chance_margin=0.15)[
+        "lungless_above_chance"
+    ]
     assert shortcut_audit_summary(REAL, lungless, 2, chance_margin=0.10)["lungless_above_chance"]
 
 

@@ -4,6 +4,7 @@ import cv2
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from covid_imaging.classification.models import build_simple_cnn
 from covid_imaging.classification.training import (
@@ -17,7 +18,7 @@ from covid_imaging.classification.training import (
     undersample_indices,
 )
 
-from .helpers import leaf_weights, tiny_dataset, weights_equal
+from .helpers import leaf_weights, random_batch, tiny_dataset, weights_equal
 
 SMALL_CNN = {"input_size": 32, "filters": (4, 8), "dense_units": 8}
 FAST = {"run_eagerly": True}
@@ -81,22 +82,32 @@ def test_reduce_lr_on_plateau_divides_by_ten_after_patience():
     model = build_simple_cnn(3, **SMALL_CNN)
     # A tiny learning rate keeps the validation loss on a plateau (below min_delta).
     _, history = train_classifier(
-        model, tiny_dataset(32), tiny_dataset(32, seed=1),
+        model,
+        tiny_dataset(32),
+        tiny_dataset(32, seed=1),
         {"epochs": 4, "learning_rate": 1e-6, "lr_patience": 2, "min_lr": 0.0, **FAST},
     )
     # Logged at epoch end before the callback acts: the cut shows one epoch later.
     assert history["learning_rate"] == pytest.approx([1e-6, 1e-6, 1e-6, 1e-7])
 
 
-def test_early_stopping_restores_the_best_weights():
-    model = build_simple_cnn(3, **SMALL_CNN)
+def test_early_stopping_stops_and_restores_the_best_weights():
+    images, labels = random_batch(32, n=6)
+    train = tf.data.Dataset.from_tensor_slices((images, labels)).batch(3)
+    # Same images, other labels: learning the training labels worsens validation.
+    val = tf.data.Dataset.from_tensor_slices((images, (labels + 1) % 3)).batch(3)
+    model = build_simple_cnn(3, **SMALL_CNN, dropout=0.0)
     _, history = train_classifier(
-        model, tiny_dataset(32), tiny_dataset(32, seed=1),
-        {"epochs": 4, "learning_rate": 0.5, "early_stopping_patience": 1, **FAST},
+        model,
+        train,
+        val,
+        {"epochs": 8, "learning_rate": 0.01, "early_stopping_patience": 2, **FAST},
     )
-    # Restored weights reproduce the best validation loss seen.
-    evaluated = model.evaluate(tiny_dataset(32, seed=1), verbose=0, return_dict=True)["loss"]
-    assert evaluated == pytest.approx(min(history["val_loss"]), rel=1e-4)
+    assert len(history["val_loss"]) < 8  # stopped early
+    best_epoch = int(np.argmin(history["val_loss"]))
+    assert best_epoch < len(history["val_loss"]) - 1
+    evaluated = model.evaluate(val, verbose=0, return_dict=True)["loss"]
+    assert evaluated == pytest.approx(history["val_loss"][best_epoch], rel=1e-4)
 
 
 # ------------------------------------------------------------- two-phase tuning
@@ -169,14 +180,18 @@ def test_dataset_streams_resized_scaled_gray_images(png_folder):
     assert [b[0].shape[0] for b in batches] == [2, 2, 1]
     assert images.shape == (5, 16, 16, 1) and images.dtype == np.float32
     np.testing.assert_array_equal(got_labels, labels)
-    np.testing.assert_allclose(images.mean(axis=(1, 2, 3)), [(40 * i + 10) / 255 for i in range(5)], atol=1e-5)
+    np.testing.assert_allclose(
+        images.mean(axis=(1, 2, 3)), [(40 * i + 10) / 255 for i in range(5)], atol=1e-5
+    )
 
 
 def test_dataset_shuffle_is_seeded(png_folder):
     paths, labels = png_folder
 
     def order(seed):
-        dataset = make_classification_dataset(paths, list(range(5)), image_size=8, batch_size=5, shuffle=True, seed=seed)
+        dataset = make_classification_dataset(
+            paths, list(range(5)), image_size=8, batch_size=5, shuffle=True, seed=seed
+        )
         return next(dataset.as_numpy_iterator())[1].tolist()
 
     assert order(3) == order(3)

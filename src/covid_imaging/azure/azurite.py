@@ -39,6 +39,16 @@ def missing_reason() -> str | None:
     """Why Azurite cannot start here (``None`` when it can)."""
     if shutil.which("node") is None:
         return f"Node.js is not on PATH, so Azurite cannot run; {INSTALL_HINT}"
+    version = ""
+    try:
+        version = subprocess.run(
+            ["node", "--version"], capture_output=True, text=True, timeout=30
+        ).stdout
+        major = int(version.strip().lstrip("v").split(".")[0])
+    except (OSError, ValueError, subprocess.SubprocessError):
+        major = 0
+    if major < 20:
+        return f"Node.js {version.strip() or '(unknown version)'} is too old for Azurite 3.37 (needs 20+)"
     if find_azurite_blob() is None:
         return (
             f"Azurite is not installed (no .azurite/node_modules/.bin/azurite-blob); {INSTALL_HINT}"

@@ -44,6 +44,10 @@ AZURITE_KEY = (
 )
 
 
+# "<account>", "<key>": the example file's placeholders, never a real name or key.
+_PLACEHOLDER = re.compile(r"<[A-Za-z_ -]+>")
+
+
 class AzureCredentialsError(ValueError):
     """Credentials are missing or malformed (the message never contains a secret)."""
 
@@ -219,6 +223,12 @@ def credentials_from_mapping(values: Mapping[str, Any], source: str) -> BlobCred
             "with account_key or sas_token (optional account_host)"
         )
     given = {key: str(value).strip() for key, value in values.items() if value not in (None, "")}
+    placeholders = sorted(key for key, value in given.items() if _PLACEHOLDER.search(value))
+    if placeholders:
+        raise AzureCredentialsError(
+            f"{source}: {', '.join(placeholders)} is still a <placeholder> from the example; "
+            "fill in the real value, or remove the entry to use AZURE_STORAGE_CONNECTION_STRING"
+        )
     for secret_key in ("connection_string", "account_key", "sas_token"):
         register_secret(given.get(secret_key))
     if "connection_string" in given:
@@ -318,7 +328,7 @@ def resolve_credentials(
             entry, unreadable = None, f" ({error})"
         if entry:
             return credentials_from_mapping(
-                entry, f"conf/local/credentials.yml key '{credentials_key}'"
+                entry, f"conf/local/credentials*.yml key '{credentials_key}'"
             )
     connection_string = environ.get(connection_string_env, "").strip()
     if connection_string:

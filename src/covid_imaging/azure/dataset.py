@@ -309,7 +309,7 @@ class CachedBlobImageDataset(AbstractDataset[None, dict[str, Callable[[], bytes]
 
         def list_once() -> dict[str, BlobVersion]:
             found: dict[str, BlobVersion] = {}
-            for blob in client.list_blobs(name_starts_with=start):
+            for blob in client.list_blobs(name_starts_with=start, include=["metadata"]):
                 name = blob.name[len(start) :]
                 # Folder placeholders (hierarchical namespace, some upload tools) are not files.
                 if (

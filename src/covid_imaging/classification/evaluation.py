@@ -35,7 +35,15 @@ METRIC_NAMES = (
 MACRO = "macro"
 OVERALL_SCOPE = "overall"
 TABLE_COLUMNS = (
-    "scope", "class", "metric", "value", "ci_low", "ci_high", "n", "support", "note",
+    "scope",
+    "class",
+    "metric",
+    "value",
+    "ci_low",
+    "ci_high",
+    "n",
+    "support",
+    "note",
 )
 
 
@@ -250,9 +258,14 @@ def _scope_rows(
             )
             rows.append(
                 {
-                    "scope": scope, "class": name, "metric": metric,
-                    "value": float(point[metric][0, k]), "ci_low": low, "ci_high": high,
-                    "n": n_total, "support": int(confusion[k].sum()),
+                    "scope": scope,
+                    "class": name,
+                    "metric": metric,
+                    "value": float(point[metric][0, k]),
+                    "ci_low": low,
+                    "ci_high": high,
+                    "n": n_total,
+                    "support": int(confusion[k].sum()),
                     "note": notes.get(metric, ""),
                 }
             )
@@ -262,9 +275,14 @@ def _scope_rows(
         undefined = np.isnan(point[metric][0]).any() and metric != "accuracy"
         rows.append(
             {
-                "scope": scope, "class": MACRO, "metric": metric,
-                "value": float(point[key][0]), "ci_low": low, "ci_high": high,
-                "n": n_total, "support": n_total,
+                "scope": scope,
+                "class": MACRO,
+                "metric": metric,
+                "value": float(point[key][0]),
+                "ci_low": low,
+                "ci_high": high,
+                "n": n_total,
+                "support": n_total,
                 "note": "mean over classes where defined" if undefined else "",
             }
         )
@@ -343,7 +361,9 @@ def plot_confusion_matrix(
     ConfusionMatrixDisplay(matrix, display_labels=list(class_names)).plot(
         ax=axes, cmap="Blues", values_format=".2f" if normalize else ".0f", colorbar=True
     )
-    axes.set_title(title or ("Confusion matrix" + (f" (normalised by {normalize})" if normalize else "")))
+    axes.set_title(
+        title or ("Confusion matrix" + (f" (normalised by {normalize})" if normalize else ""))
+    )
     figure.tight_layout()
     return figure
 

@@ -201,7 +201,11 @@ def build_alexnet(
     x = inputs
     for index, (n_filters, kernel, strides, pool) in enumerate(conv_specs, start=1):
         x = keras.layers.Conv2D(
-            n_filters, kernel, strides=strides, padding="same", activation="relu",
+            n_filters,
+            kernel,
+            strides=strides,
+            padding="same",
+            activation="relu",
             name=f"conv{index}",
         )(x)
         if index <= 2:
@@ -239,9 +243,7 @@ def build_keras_application(
     """
     key = name.lower()
     if key not in KERAS_APPLICATIONS:
-        raise ValueError(
-            f"Unknown keras application {name!r}; known: {sorted(KERAS_APPLICATIONS)}"
-        )
+        raise ValueError(f"Unknown keras application {name!r}; known: {sorted(KERAS_APPLICATIONS)}")
     spec = KERAS_APPLICATIONS[key]
     _check_common_args(n_classes, input_size, channels, min_size=spec.min_input_size)
     if channels not in (1, 3):
@@ -476,7 +478,10 @@ def build_hrnet(
         if n_branches < 4:
             branches.append(
                 _conv_bn(
-                    branches[-1], branch_channels[n_branches], 3, 2,
+                    branches[-1],
+                    branch_channels[n_branches],
+                    3,
+                    2,
                     f"transition{stage}_br{n_branches}",
                 )
             )
@@ -497,7 +502,11 @@ CLASSIFIER_BUILDERS: Mapping[str, Callable[..., keras.Model]] = MappingProxyType
         "alexnet": build_alexnet,
         "hrnet": build_hrnet,
         "resnet50": build_resnet50,
-        **{name: functools.partial(build_keras_application, name) for name in KERAS_APPLICATIONS if name != "resnet50"},
+        **{
+            name: functools.partial(build_keras_application, name)
+            for name in KERAS_APPLICATIONS
+            if name != "resnet50"
+        },
     }
 )
 

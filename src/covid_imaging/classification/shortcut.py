@@ -54,7 +54,9 @@ def shortcut_audit_summary(
             "rather than on lung findings."
         )
     elif math.isnan(lungless_balanced):
-        verdict = "Shortcut audit inconclusive: the lung-less model's balanced accuracy is undefined."
+        verdict = (
+            "Shortcut audit inconclusive: the lung-less model's balanced accuracy is undefined."
+        )
     else:
         verdict = (
             f"No shortcut detected: without the lungs the classifier reaches "

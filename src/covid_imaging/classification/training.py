@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -40,7 +40,7 @@ class TrainingParams:
     indices at whose start the learning rate is multiplied by ``lr_drop_factor``.
     """
 
-    epochs: int = 10
+    epochs: int = 50
     optimizer: Literal["adam", "sgd"] = "adam"
     learning_rate: float | None = None
     momentum: float = 0.8
@@ -110,7 +110,7 @@ def make_optimizer(config: TrainingParams) -> keras.optimizers.Optimizer:
     )
 
 
-def step_decay(drop_epochs: Sequence[int], factor: float = 0.1):
+def step_decay(drop_epochs: Sequence[int], factor: float = 0.1) -> Callable[[int, float], float]:
     """Keras ``LearningRateScheduler`` function multiplying the LR at ``drop_epochs``.
 
     It works on the current rate, so it composes with ReduceLROnPlateau.
@@ -161,7 +161,8 @@ def train_classifier(
     """Compile (always, so trainability changes take effect) and fit on integer labels.
 
     Returns the model (best weights by validation loss restored) and the history as
-    ``{metric: [one float per epoch]}`` including the learning rate.
+    ``{metric: [one float per epoch]}`` including the learning rate. A ``seed`` in
+    ``params`` seeds Python, NumPy and the backend globally before training.
     """
     config = TrainingParams.from_dict(params)
     if config.seed is not None:
@@ -250,8 +251,7 @@ def undersample_indices(labels: Sequence[int] | np.ndarray, seed: int = 0) -> np
     classes, counts = np.unique(labels, return_counts=True)
     per_class = counts.min()
     kept = [
-        rng.choice(np.flatnonzero(labels == cls), size=per_class, replace=False)
-        for cls in classes
+        rng.choice(np.flatnonzero(labels == cls), size=per_class, replace=False) for cls in classes
     ]
     return np.sort(np.concatenate(kept))
 
@@ -301,9 +301,7 @@ def make_classification_dataset(
     if labels is None:
         dataset = tf.data.Dataset.from_tensor_slices(paths)
     else:
-        dataset = tf.data.Dataset.from_tensor_slices(
-            (paths, np.asarray(labels, dtype=np.int32))
-        )
+        dataset = tf.data.Dataset.from_tensor_slices((paths, np.asarray(labels, dtype=np.int32)))
     if shuffle:
         dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
 

@@ -70,9 +70,7 @@ def transfer_weights(
     Raises ``ValueError`` when a layer is missing from ``source`` or shapes differ.
     """
     skip = set(skip_layers)
-    target_layers = [
-        layer for layer in target.layers if layer.weights and layer.name not in skip
-    ]
+    target_layers = [layer for layer in target.layers if layer.weights and layer.name not in skip]
     if by_name:
         source_by_name = {layer.name: layer for layer in source.layers}
         missing = [layer.name for layer in target_layers if layer.name not in source_by_name]
@@ -130,9 +128,7 @@ def unfreeze_all(model: keras.Model, keep_batchnorm_frozen: bool = True) -> kera
     )
 
 
-def unfreeze_last_n(
-    model: keras.Model, n: int, keep_batchnorm_frozen: bool = True
-) -> keras.Model:
+def unfreeze_last_n(model: keras.Model, n: int, keep_batchnorm_frozen: bool = True) -> keras.Model:
     """Unfreeze the last ``n`` layers of the backbone; the rest of it stays frozen.
 
     With a nested backbone (e.g. ResNet50, where the study used n=11) ``n`` counts
