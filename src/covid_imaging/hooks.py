@@ -6,7 +6,7 @@ This hook adds a child run for each model namespace (``segmentation.unet``,
 side. Logging lives here, in one place, driven by the names of node outputs:
 
 * ``<ns>.training_history`` (dict of per-epoch lists) → metric curves, step = epoch;
-* ``<ns>.test_metrics`` (dict of floats) → final metrics;
+* ``<ns>.*_metrics`` (dict of floats: test metrics, Grad-CAM lung share) → final metrics;
 * ``<ns>.model`` (Keras model) → a ``.keras`` artifact;
 * matplotlib figures → PNG artifacts under ``plots/``;
 * DataFrames → CSV artifacts under ``tables/``;
@@ -162,7 +162,7 @@ class ModelRunTrackingHook:
                         metrics.append(mlflow.entities.Metric(metric, float(number), 0, epoch))
             for start in range(0, len(metrics), 900):
                 client.log_batch(run_id, metrics=metrics[start : start + 900])
-        elif short_name.endswith("test_metrics") and isinstance(value, dict):
+        elif short_name.endswith("_metrics") and isinstance(value, dict):
             metrics = [
                 mlflow.entities.Metric(key, float(number), 0, 0)
                 for key, number in value.items()

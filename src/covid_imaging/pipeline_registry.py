@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from covid_imaging.pipelines import demo_data, ingestion, preprocessing, segmentation, splits
+from covid_imaging.pipelines import classification, demo_data, ingestion, preprocessing, segmentation, splits
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -25,5 +25,11 @@ def register_pipelines() -> dict[str, Pipeline]:
         "data_preparation": data_preparation,
         "segmentation": data_preparation + segmentation_models,
         "segmentation_models": segmentation_models,  # reuse prepared data: no re-ingestion
+        # Classification masks the lungs with a segmentation model it trains first, so
+        # it also works on a fresh clone; classification_models reuses a trained one.
+        "classification": data_preparation
+        + segmentation.create_pipeline(models=(classification.pipeline.LUNG_SEGMENTATION_MODEL,), compare=False)
+        + classification.create_pipeline(),
+        "classification_models": classification.create_pipeline(),
         "__default__": data_preparation,
     }

@@ -1,0 +1,5 @@
+"""Chest X-ray classification pipelines."""
+
+from .pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]

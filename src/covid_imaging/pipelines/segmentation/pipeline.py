@@ -45,7 +45,7 @@ def model_template() -> Pipeline:
     )
 
 
-def create_pipeline(models: tuple[str, ...] = SEGMENTATION_MODELS, **kwargs) -> Pipeline:
+def create_pipeline(models: tuple[str, ...] = SEGMENTATION_MODELS, compare: bool = True, **kwargs) -> Pipeline:
     select = pipeline(
         [
             node(
@@ -60,7 +60,7 @@ def create_pipeline(models: tuple[str, ...] = SEGMENTATION_MODELS, **kwargs) -> 
         pipeline(model_template(), namespace=f"segmentation.{name}", inputs={"segmentation_images"})
         for name in models
     ]
-    compare = pipeline(
+    compare_pipeline = pipeline(
         [
             node(
                 compare_segmentation_models,
@@ -70,4 +70,5 @@ def create_pipeline(models: tuple[str, ...] = SEGMENTATION_MODELS, **kwargs) -> 
             )
         ]
     )
-    return select + sum(per_model, Pipeline([])) + compare
+    models_pipeline = select + sum(per_model, Pipeline([]))
+    return models_pipeline + compare_pipeline if compare else models_pipeline

@@ -1,0 +1,302 @@
+"""Chest X-ray classification nodes: lung masking, training, evaluation, Grad-CAM, audit."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import cv2
+import keras
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from covid_imaging.classification.evaluation import (
+    classification_report_table,
+    macro_metrics_from_table,
+    plot_confusion_matrix,
+    plot_roc_curves,
+)
+from covid_imaging.classification.gradcam import grad_cam, heatmap_mass_inside_mask, overlay_heatmap
+from covid_imaging.classification.masking import apply_lung_mask, black_out_lungs, lung_area_fraction
+from covid_imaging.classification.models import build_classifier
+from covid_imaging.classification.shortcut import shortcut_audit_summary
+from covid_imaging.classification.training import (
+    fine_tune_two_phase,
+    make_classification_dataset,
+    train_classifier,
+)
+from covid_imaging.classification.transfer import transfer_weights
+from covid_imaging.imaging.io import decode_gray, encode_png
+from covid_imaging.segmentation.postprocessing import postprocess_probability_map
+
+matplotlib.use("Agg")
+logger = logging.getLogger(__name__)
+
+Loaders = dict[str, Callable[[], bytes]]
+IMAGE_VARIANTS = {"lungs": "lungs_path", "whole": "image_path", "lungless": "lungless_path"}
+
+
+# ------------------------------------------------------------------ lung masking
+
+
+def select_classification_images(model_input_table: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
+    """Rows of the manifest tasks used for classification (``classification_data.tasks``)."""
+    table = model_input_table[model_input_table["task"].isin(params["tasks"])].reset_index(drop=True)
+    if table.empty:
+        raise ValueError(f"No images of tasks {params['tasks']} for classification; check classification_data.tasks")
+    return table
+
+
+def _predict_lung_masks(
+    images: pd.DataFrame, preprocessed_images: Loaders, segmentation_model: keras.Model, params: dict[str, Any]
+) -> dict[str, np.ndarray]:
+    """Post-processed lung masks (uint8 {0,1}, at the preprocessed size), batch by batch."""
+    size = int(segmentation_model.input_shape[1])
+    batch_size = int(params.get("batch_size", 16))
+    masks: dict[str, np.ndarray] = {}
+    image_ids = list(images["image_id"])
+    for start in range(0, len(image_ids), batch_size):
+        batch_ids = image_ids[start : start + batch_size]
+        grays = [decode_gray(preprocessed_images[f"images/{image_id}"]()) for image_id in batch_ids]
+        batch = np.stack([cv2.resize(g, (size, size), interpolation=cv2.INTER_AREA) for g in grays])
+        probabilities = np.asarray(segmentation_model.predict_on_batch(batch[..., None] / 255.0))[..., 0]
+        for image_id, gray, probability_map in zip(batch_ids, grays, probabilities, strict=True):
+            full = cv2.resize(probability_map.astype(np.float32), gray.shape[::-1], interpolation=cv2.INTER_LINEAR)
+            masks[image_id] = postprocess_probability_map(np.clip(full, 0, 1), params["postprocessing"])
+    return masks
+
+
+def _masked_variant(load: Callable[[], bytes], mask_png: bytes, variant: str, params: dict[str, Any]) -> bytes:
+    gray = decode_gray(load())
+    mask = decode_gray(mask_png)
+    if variant == "lungs":
+        return encode_png(
+            apply_lung_mask(gray, mask, crop_to_bbox=bool(params["crop_to_bbox"]), margin_px=int(params["margin_px"]),
+                            output_size=gray.shape[0])
+        )
+    if variant == "lungs_mask":  # the mask cropped like the lung image, for Grad-CAM
+        return encode_png(
+            (apply_lung_mask(mask * 255, mask, crop_to_bbox=bool(params["crop_to_bbox"]),
+                             margin_px=int(params["margin_px"]), output_size=gray.shape[0]) > 127).astype(np.uint8) * 255
+        )
+    return encode_png(black_out_lungs(gray, mask))
+
+
+def mask_lungs(
+    images: pd.DataFrame, preprocessed_images: Loaders, segmentation_model: keras.Model, params: dict[str, Any]
+) -> tuple[dict[str, Callable[[], bytes]], pd.DataFrame]:
+    """Segment the lungs of every classification image with the trained segmentation model.
+
+    Returns lazily-written files (``masks/``, ``lungs/`` lung-only crops, ``lungs_mask/``,
+    ``lungless/`` lungs blacked out, for the shortcut audit) and a report with each
+    image's lung-area fraction; images under ``min_lung_area_fraction`` are excluded
+    with the reason.
+    """
+    masks = _predict_lung_masks(images, preprocessed_images, segmentation_model, params)
+    outputs: dict[str, Callable[[], bytes]] = {}
+    rows = []
+    minimum = float(params["min_lung_area_fraction"])
+    for image_id, mask in masks.items():
+        fraction = lung_area_fraction(mask)
+        excluded = fraction < minimum
+        rows.append(
+            {"image_id": image_id, "lung_area_fraction": fraction, "excluded": excluded,
+             "reason": f"predicted lung area {fraction:.1%} < {minimum:.1%}" if excluded else ""}
+        )
+        mask_png = encode_png(mask.astype(np.uint8) * 255)
+        outputs[f"masks/{image_id}"] = partial(bytes, mask_png)
+        if excluded:
+            continue
+        load = preprocessed_images[f"images/{image_id}"]
+        for variant in ("lungs", "lungs_mask", "lungless"):
+            outputs[f"{variant}/{image_id}"] = partial(_masked_variant, load, mask_png, variant, params)
+    report = pd.DataFrame(rows, columns=["image_id", "lung_area_fraction", "excluded", "reason"])
+    logger.info("Lung masking: %d images, %d excluded (lung area too small)", len(report), int(report["excluded"].sum()))
+    return outputs, report
+
+
+def build_classification_inputs(
+    images: pd.DataFrame, lung_masking_report: pd.DataFrame, lung_masked_images: Loaders, params: dict[str, Any]
+) -> pd.DataFrame:
+    """Images with the paths of their lung-masked, lung-less and whole variants.
+
+    ``model_image_path`` is what the classifiers train on: the lung-only crop when
+    ``lung_masking.enabled`` is true, the whole preprocessed image otherwise.
+    """
+    root = params["output_root"].rstrip("/")
+    table = images.merge(lung_masking_report, on="image_id", how="left")
+    table = table[~table["excluded"].astype(bool)].reset_index(drop=True)
+    for variant in ("lungs", "lungs_mask", "lungless", "masks"):
+        table[f"{variant}_path"] = [f"{root}/{variant}/{image_id}.png" for image_id in table["image_id"]]
+        missing = [i for i in table["image_id"] if f"{variant}/{i}" not in lung_masked_images]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} {variant} images missing under {root}, e.g. {missing[:3]}")
+    table["model_image_path"] = table["lungs_path"] if params["enabled"] else table["image_path"]
+    return table
+
+
+# ------------------------------------------------------------------ per-model template
+
+
+def _rows(inputs: pd.DataFrame, data: dict[str, Any], split: str) -> pd.DataFrame:
+    rows = inputs[(inputs["split"] == split) & inputs["label"].isin(data["classes"])]
+    if split == "train":
+        rows = rows[rows["in_training_sample"].astype(str).str.lower() == "true"]
+    if rows.empty:
+        raise ValueError(f"No {split} images of classes {data['classes']}")
+    return rows
+
+
+def _image_paths(rows: pd.DataFrame, data: dict[str, Any]) -> pd.Series:
+    variant = data.get("image_variant", "auto")
+    return rows["model_image_path"] if variant == "auto" else rows[IMAGE_VARIANTS[variant]]
+
+
+def _dataset(rows: pd.DataFrame, data: dict[str, Any], training: bool):
+    labels = rows["label"].map({name: index for index, name in enumerate(data["classes"])}).to_numpy()
+    return make_classification_dataset(
+        _image_paths(rows, data), labels, image_size=int(data["image_size"]), batch_size=int(data["batch_size"]),
+        shuffle=training, seed=int(data["seed"]), augment=training and bool(data.get("augment", True)),
+    )
+
+
+def _build(model_params: dict[str, Any], data: dict[str, Any]) -> keras.Model:
+    options = {k: v for k, v in model_params.items() if k not in ("builder", "strategy", "unfreeze_last_n")}
+    return build_classifier(
+        model_params["builder"], n_classes=len(data["classes"]), input_size=int(data["image_size"]), **options
+    )
+
+
+def _fit(model, model_params, training, train_ds, validation_ds):
+    strategy = model_params.get("strategy", "scratch")
+    if strategy == "scratch":
+        return train_classifier(model, train_ds, validation_ds, training["main"])
+    if strategy == "two_phase":
+        return fine_tune_two_phase(
+            model, train_ds, validation_ds, training["head"], training["fine_tune"],
+            unfreeze=model_params.get("unfreeze_last_n", "all"),
+        )
+    raise ValueError(f"model.strategy must be 'scratch', 'two_phase' or 'transfer', got {strategy!r}")
+
+
+def train_classification_model(
+    inputs: pd.DataFrame, model_params: dict[str, Any], training: dict[str, Any], data: dict[str, Any]
+) -> tuple[keras.Model, dict[str, list[float]]]:
+    """Train one classifier on the training split (undersampled), validated on validation."""
+    keras.utils.set_random_seed(int(data["seed"]))
+    train, validation = _rows(inputs, data, "train"), _rows(inputs, data, "validation")
+    model = _build(model_params, data)
+    logger.info("Training %s (%d parameters) on %d images of %s", model_params["builder"], model.count_params(),
+                len(train), data["classes"])
+    return _fit(model, model_params, training, _dataset(train, data, True), _dataset(validation, data, False))
+
+
+def transfer_and_fine_tune(
+    inputs: pd.DataFrame, source_model: keras.Model, model_params: dict[str, Any], training: dict[str, Any],
+    data: dict[str, Any],
+) -> tuple[keras.Model, dict[str, list[float]]]:
+    """Transfer learning (model_2): copy the source model's weights except its head, train
+    the new head with the rest frozen, then unfreeze everything and fine-tune at 1e-4."""
+    keras.utils.set_random_seed(int(data["seed"]))
+    train, validation = _rows(inputs, data, "train"), _rows(inputs, data, "validation")
+    model = _build(model_params, data)
+    copied = transfer_weights(source_model, model)
+    logger.info("Transferred %d layers from %s", len(copied), source_model.name)
+    return fine_tune_two_phase(
+        model, _dataset(train, data, True), _dataset(validation, data, False), training["head"], training["fine_tune"],
+        unfreeze="all",
+    )
+
+
+def _predict(model: keras.Model, rows: pd.DataFrame, data: dict[str, Any]) -> np.ndarray:
+    dataset = make_classification_dataset(_image_paths(rows, data), None, image_size=int(data["image_size"]),
+                                          batch_size=int(data["batch_size"]))
+    return np.concatenate([np.asarray(model.predict_on_batch(batch)) for batch in dataset])
+
+
+def evaluate_classifier(
+    model: keras.Model, inputs: pd.DataFrame, data: dict[str, Any], evaluation: dict[str, Any]
+) -> tuple[pd.DataFrame, dict[str, float], Figure, Figure, pd.DataFrame]:
+    """Test-split metrics per class, macro, overall and per source, with bootstrap 95% CIs."""
+    test = _rows(inputs, data, "test")
+    probabilities = _predict(model, test, data)
+    y_true = test["label"].map({name: index for index, name in enumerate(data["classes"])}).to_numpy()
+    report = classification_report_table(
+        y_true, probabilities, data["classes"], groups=test["source"].to_numpy(),
+        n_bootstrap=int(evaluation["n_bootstrap"]), seed=int(data["seed"]),
+    )
+    metrics = {f"test_{name}": value for name, value in macro_metrics_from_table(report).items()}
+    for source in sorted(test["source"].unique()):
+        macro = macro_metrics_from_table(report, scope=source)
+        metrics[f"test_accuracy_{source}"] = macro["accuracy"]
+    predictions = test[["image_id", "source", "label"]].assign(
+        predicted=[data["classes"][i] for i in probabilities.argmax(axis=1)],
+        **{f"p_{name}": probabilities[:, i] for i, name in enumerate(data["classes"])},
+    )
+    confusion = plot_confusion_matrix(y_true, probabilities, data["classes"], normalize="true")
+    roc = plot_roc_curves(y_true, probabilities, data["classes"])
+    return report, metrics, confusion, roc, predictions
+
+
+def explain_with_gradcam(
+    model: keras.Model, inputs: pd.DataFrame, lung_masked_images: Loaders, data: dict[str, Any],
+    gradcam: dict[str, Any],
+) -> tuple[Figure, dict[str, float]]:
+    """Grad-CAM overlays for a sample of test images per class, and the share of
+    Grad-CAM mass inside the lung mask (mean over the sampled test images)."""
+    from matplotlib.figure import Figure as MplFigure  # noqa: PLC0415
+
+    test = _rows(inputs, data, "test")
+    sample = test.groupby("label", sort=True).head(int(gradcam["per_class"]))
+    images = np.stack([
+        cv2.resize(cv2.imread(path, cv2.IMREAD_GRAYSCALE), (int(data["image_size"]),) * 2, interpolation=cv2.INTER_AREA)
+        for path in _image_paths(sample, data)
+    ]).astype(np.float32) / 255.0
+    heatmaps = grad_cam(model, images[..., None])
+    variant = data.get("image_variant", "auto")
+    mask_key = "lungs_mask" if (variant == "lungs" or (variant == "auto" and sample["model_image_path"].equals(sample["lungs_path"]))) else "masks"
+    shares = []
+    for image_id, heatmap in zip(sample["image_id"], heatmaps, strict=True):
+        mask = decode_gray(lung_masked_images[f"{mask_key}/{image_id}"]())
+        mask = cv2.resize(mask, heatmap.shape[::-1], interpolation=cv2.INTER_NEAREST) > 127
+        shares.append(heatmap_mass_inside_mask(heatmap, mask))
+    columns = max(1, len(sample))
+    figure = MplFigure(figsize=(2.2 * columns, 2.6))
+    for index, (image, heatmap, label, share) in enumerate(zip(images, heatmaps, sample["label"], shares, strict=True)):
+        axis = figure.add_subplot(1, columns, index + 1)
+        axis.imshow(overlay_heatmap(image, heatmap))
+        axis.set_title(f"{label}\nin lungs {share:.0%}", fontsize=8)
+        axis.axis("off")
+    figure.tight_layout()
+    return figure, {"gradcam_lung_share_mean": float(np.mean(shares)), "gradcam_lung_share_std": float(np.std(shares))}
+
+
+# ------------------------------------------------------------------ across models
+
+
+def audit_shortcuts(real_metrics: dict[str, float], lungless_metrics: dict[str, float], params: dict[str, Any]) -> dict[str, Any]:
+    """Compare the real classifier with the same classifier trained without the lungs."""
+    summary = shortcut_audit_summary(
+        {"accuracy": real_metrics["test_accuracy"], "balanced_accuracy": real_metrics["test_balanced_accuracy"]},
+        {"accuracy": lungless_metrics["test_accuracy"], "balanced_accuracy": lungless_metrics["test_balanced_accuracy"]},
+        n_classes=int(params["n_classes"]), chance_margin=float(params["chance_margin"]),
+    )
+    logger.warning("Shortcut audit: %s", summary["verdict"]) if summary.get("lungless_above_chance") else logger.info(
+        "Shortcut audit: %s", summary["verdict"]
+    )
+    return summary
+
+
+def compare_classifiers(**metrics: dict[str, float]) -> pd.DataFrame:
+    """One row per model: macro test metrics and Grad-CAM lung share."""
+    rows: dict[str, dict[str, float]] = {}
+    for key, values in metrics.items():
+        model, kind = key.rsplit("__", 1)
+        rows.setdefault(model, {"model": model}).update(values)
+    table = pd.DataFrame(list(rows.values()))
+    logger.info("Classification comparison (test split):\n%s", table.to_string(index=False, float_format="%.3f"))
+    return table

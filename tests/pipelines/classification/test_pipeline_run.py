@@ -1,0 +1,66 @@
+"""`kedro run --pipeline=classification` on a tiny demo set: masking, models, audit, MLflow."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pandas as pd
+import pytest
+
+from covid_imaging.pipelines.classification.pipeline import CLASSIFICATION_MODELS
+from tests.conftest import run_kedro
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "demo_data.generator.n_per_class": 10,
+    "demo_data.generator.n_ct_per_class": 2,
+    "demo_data.generator.cxr_size": 64,
+    "demo_data.generator.ct_size": 64,
+    "preprocessing.resize.size": 64,
+    "segmentation.unet.data.image_size": 32,
+    "segmentation.unet.training.epochs": 2,
+    "segmentation.unet.model.base_filters": 4,
+    "lung_masking.min_lung_area_fraction": 0.0,  # a 2-epoch U-Net may find little lung
+    "evaluation_bootstrap": 20,
+}
+for _model in CLASSIFICATION_MODELS:
+    TINY |= {
+        f"classification.{_model}.data.image_size": 32,
+        f"classification.{_model}.data.batch_size": 8,
+        f"classification.{_model}.evaluation.n_bootstrap": 20,
+        f"classification.{_model}.gradcam.per_class": 1,
+    }
+    for phase in ("main", "head", "fine_tune"):
+        TINY[f"classification.{_model}.training.{phase}.epochs"] = 1
+
+
+def test_classification_pipeline_on_tiny_demo_set(kedro_project):
+    run_kedro(kedro_project, "classification", params=TINY)
+    reports = kedro_project / "data/08_reporting"
+
+    masking = pd.read_csv(reports / "lung_masking_report.csv", keep_default_na=False)
+    assert {"image_id", "lung_area_fraction", "excluded", "reason"} <= set(masking.columns)
+    comparison = pd.read_csv(reports / "classification_comparison.csv")
+    assert set(comparison["model"]) == set(CLASSIFICATION_MODELS)
+    assert {"test_accuracy", "test_balanced_accuracy", "test_f1", "gradcam_lung_share_mean"} <= set(comparison.columns)
+    audit = json.loads((reports / "shortcut_audit.json").read_text())
+    assert "verdict" in audit and 0 <= audit["chance_level"] <= 1
+
+    report = pd.read_csv(reports / "classification/resnet50/metrics_report.csv")
+    assert {"overall", "synthetic_demo"} <= set(report["scope"])
+    assert {"specificity", "roc_auc", "f1", "recall"} <= set(report["metric"])
+    assert {"ci_low", "ci_high"} <= set(report.columns)
+    for model in CLASSIFICATION_MODELS:
+        folder = reports / "classification" / model
+        for figure in ("confusion_matrix", "roc_curves", "gradcam_overlays"):
+            assert (folder / f"{figure}.png").stat().st_size > 0
+
+    mlflow.set_tracking_uri(f"sqlite:///{kedro_project / 'mlflow.db'}")
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    names = {run.info.run_name for run in runs}
+    assert {f"classification.{model}" for model in CLASSIFICATION_MODELS} <= names
+    resnet = next(run for run in runs if run.info.run_name == "classification.resnet50")
+    assert {"test_accuracy", "gradcam_lung_share_mean"} <= set(resnet.data.metrics)
+    assert resnet.data.params["model.weights"] == "None"
