@@ -66,7 +66,7 @@ def main() -> None:
     config = PreprocessingConfig.from_params(params)
 
     def run_step(n_images: int, out: Path) -> float:
-        raw_files = {f"img{i:06d}.bin": (lambda p=files[(i * 7919) % len(files)]: p.read_bytes()) for i in range(n_images)}
+        raw_files = {f"img{i:06d}.bin": files[(i * 7919) % len(files)].read_bytes for i in range(n_images)}
         manifest = pd.DataFrame({"image_id": [f"img{i:06d}" for i in range(n_images)], "image_key": list(raw_files), "mask_key": ""})
         dataset = PartitionedDataset(path=str(out), dataset="covid_imaging.datasets.bytes_dataset.BytesDataset", filename_suffix=".png")
         start = time.perf_counter()

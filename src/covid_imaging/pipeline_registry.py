@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from covid_imaging.pipelines import classification, demo_data, ingestion, preprocessing, segmentation, splits
+from covid_imaging.pipelines import (
+    classification,
+    demo_data,
+    ingestion,
+    preprocessing,
+    segmentation,
+    splits,
+)
 
 
 def register_pipelines() -> dict[str, Pipeline]:

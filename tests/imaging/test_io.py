@@ -6,7 +6,13 @@ import cv2
 import numpy as np
 import pytest
 
-from covid_imaging.imaging.io import ImageDecodeError, decode_gray, decode_image, encode_png, to_gray_uint8
+from covid_imaging.imaging.io import (
+    ImageDecodeError,
+    decode_gray,
+    decode_image,
+    encode_png,
+    to_gray_uint8,
+)
 from tests.conftest import chest_like_image
 
 

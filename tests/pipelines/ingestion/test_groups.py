@@ -3,7 +3,11 @@
 import pandas as pd
 import pytest
 
-from covid_imaging.pipelines.ingestion.groups import assign_group_ids, consecutive_number_runs, group_from_file_name
+from covid_imaging.pipelines.ingestion.groups import (
+    assign_group_ids,
+    consecutive_number_runs,
+    group_from_file_name,
+)
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,11 @@ from covid_imaging.classification.evaluation import (
     plot_roc_curves,
 )
 from covid_imaging.classification.gradcam import grad_cam, heatmap_mass_inside_mask, overlay_heatmap
-from covid_imaging.classification.masking import apply_lung_mask, black_out_lungs, lung_area_fraction
+from covid_imaging.classification.masking import (
+    apply_lung_mask,
+    black_out_lungs,
+    lung_area_fraction,
+)
 from covid_imaging.classification.models import build_classifier
 from covid_imaging.classification.shortcut import shortcut_audit_summary
 from covid_imaging.classification.training import (

@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-
-
 from covid_imaging.demo.synthetic import generate_demo_dataset
 
 logger = logging.getLogger(__name__)

@@ -19,7 +19,11 @@ from covid_imaging.segmentation.metrics import (
 from covid_imaging.segmentation.models import build_segmentation_model
 from covid_imaging.segmentation.plots import plot_sample_predictions, plot_training_curves
 from covid_imaging.segmentation.postprocessing import postprocess_probability_map
-from covid_imaging.segmentation.training import configure_device, set_global_seed, train_segmentation_model
+from covid_imaging.segmentation.training import (
+    configure_device,
+    set_global_seed,
+    train_segmentation_model,
+)
 
 logger = logging.getLogger(__name__)
 
