@@ -120,14 +120,18 @@ class ModelRunTrackingHook:
             logger.info("MLflow run '%s' (%s) started for model %s", namespace, run.info.run_id, namespace)
         return self._runs[namespace]
 
+    def _tracked(self, node: Node) -> tuple[str, str] | None:
+        """(namespace, child run id) when the node belongs to a tracked model run."""
+        namespace = model_namespace(node)
+        run_id = self._child_run(namespace) if namespace else None
+        return (namespace, run_id) if run_id else None
+
     @hook_impl
     def before_node_run(self, node: Node, inputs: dict[str, Any]) -> None:
-        namespace = model_namespace(node)
-        if namespace is None:
+        tracked = self._tracked(node)
+        if tracked is None:
             return
-        run_id = self._child_run(namespace)
-        if run_id is None:
-            return
+        namespace, run_id = tracked
         params: dict[str, str] = {}
         for name, value in inputs.items():
             if name.startswith(f"params:{namespace}."):
@@ -141,14 +145,11 @@ class ModelRunTrackingHook:
 
     @hook_impl
     def after_node_run(self, node: Node, outputs: dict[str, Any]) -> None:
-        namespace = model_namespace(node)
-        if namespace is None:
-            return
-        run_id = self._child_run(namespace)
-        if run_id is None:
+        tracked = self._tracked(node)
+        if tracked is None:
             return
         for name, value in outputs.items():
-            self._log_output(run_id, name.rsplit(".", 1)[-1], value)
+            self._log_output(tracked[1], name.rsplit(".", 1)[-1], value)
 
     def _log_output(self, run_id: str, short_name: str, value: Any) -> None:
         from matplotlib.figure import Figure  # noqa: PLC0415
