@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 TRACKED_NAMESPACE_ROOTS = ("segmentation", "classification")
 MAX_PARAM_LENGTH = 6000
+REPORTS_TO_ANNOUNCE = ("segmentation_comparison", "classification_comparison", "shortcut_audit", "rejected_files")
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
@@ -193,10 +194,17 @@ class ModelRunTrackingHook:
         self._runs = {}
 
     @hook_impl
-    def after_pipeline_run(self) -> None:
+    def after_pipeline_run(self, pipeline, catalog) -> None:
+        for name in REPORTS_TO_ANNOUNCE:
+            if name in pipeline.all_outputs():
+                filepath = catalog.get(name)._describe().get("filepath")
+                logger.info("%s written to %s", name, filepath)
         if self._runs:
             self._close_runs(RunStatus.to_string(RunStatus.FINISHED))
-            logger.info("Open the MLflow UI with: mlflow ui --backend-store-uri sqlite:///mlflow.db")
+            logger.info(
+                "MLflow runs recorded in %s; open the UI with: mlflow ui --backend-store-uri sqlite:///mlflow.db",
+                mlflow.get_tracking_uri(),
+            )
 
     @hook_impl
     def on_pipeline_error(self) -> None:
