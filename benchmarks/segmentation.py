@@ -35,9 +35,9 @@ Usage:
         [--model unet] [--image-size 256] [--base-filters 32] [--n-images 64]
         [--batches 6] [--quick]
 
-Default run: about 4-5 minutes on 2 idle cores (several times longer when the cores are
-shared). ``--quick`` is a 64x64 smoke run of about 1 minute of CPU time, mostly
-TensorFlow's import and graph tracing.
+Default run: about 310 CPU-seconds; 6 minutes measured on 2 cores partly shared with other
+jobs. ``--quick`` is a 64x64 smoke run of about 35 CPU-seconds (37 s wall on lightly
+shared cores), mostly TensorFlow's import and graph tracing.
 """
 
 from __future__ import annotations
