@@ -84,7 +84,7 @@ def _masked_variant(load: Callable[[], bytes], mask_png: bytes, variant: str, pa
         )
     if variant == "lungs_mask":  # the mask cropped like the lung image, for Grad-CAM
         return encode_png(
-            (apply_lung_mask(mask * 255, mask, crop_to_bbox=bool(params["crop_to_bbox"]),
+            (apply_lung_mask(mask, mask, crop_to_bbox=bool(params["crop_to_bbox"]),
                              margin_px=int(params["margin_px"]), output_size=gray.shape[0]) > 127).astype(np.uint8) * 255
         )
     return encode_png(black_out_lungs(gray, mask))
@@ -170,13 +170,24 @@ def _dataset(rows: pd.DataFrame, data: dict[str, Any], training: bool):
 
 def _build(model_params: dict[str, Any], data: dict[str, Any]) -> keras.Model:
     options = {k: v for k, v in model_params.items() if k not in ("builder", "strategy", "unfreeze_last_n")}
+    if "freeze_base" in options:
+        options["freeze_base"] = _strategy(model_params) == "two_phase"
     return build_classifier(
         model_params["builder"], n_classes=len(data["classes"]), input_size=int(data["image_size"]), **options
     )
 
 
-def _fit(model, model_params, training, train_ds, validation_ds):
+def _strategy(model_params: dict[str, Any]) -> str:
+    """``auto``: the two-phase recipe needs pretrained weights; with random weights a frozen
+    base would only give random features, so the whole network is trained instead."""
     strategy = model_params.get("strategy", "scratch")
+    if strategy == "auto":
+        return "two_phase" if model_params.get("weights") else "scratch"
+    return strategy
+
+
+def _fit(model, model_params, training, train_ds, validation_ds):
+    strategy = _strategy(model_params)
     if strategy == "scratch":
         return train_classifier(model, train_ds, validation_ds, training["main"])
     if strategy == "two_phase":

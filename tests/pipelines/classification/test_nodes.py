@@ -1,0 +1,72 @@
+"""Lung masking and shortcut-audit nodes on hand-made inputs."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from covid_imaging.imaging.io import decode_gray, encode_png
+from covid_imaging.pipelines.classification.nodes import audit_shortcuts, mask_lungs
+from tests.conftest import chest_like_image
+
+SIZE = 64
+LUNGS = np.zeros((SIZE, SIZE), np.float32)
+LUNGS[12:52, 8:28] = 1.0
+LUNGS[12:52, 36:56] = 1.0
+PARAMS = {
+    "batch_size": 2,
+    "crop_to_bbox": True,
+    "margin_px": 2,
+    "min_lung_area_fraction": 0.05,
+    "postprocessing": {"reference_size": 64, "local_threshold": {"enabled": False},
+                       "area_filter": {"enabled": True, "min_area_px": 50}},
+}
+
+
+def fixed_lung_model() -> keras.Model:
+    """A stand-in segmentation model that always predicts the same two lungs."""
+    inputs = keras.Input((32, 32, 1))
+    lungs = keras.ops.convert_to_tensor(LUNGS[::2, ::2][None, ..., None] * 0.9 + 0.05)
+    outputs = keras.layers.Lambda(lambda x: keras.ops.zeros_like(x) + lungs)(inputs)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.fixture
+def images():
+    table = pd.DataFrame({"image_id": ["a", "b"]})
+    loaders = {f"images/{i}": (lambda i=i: encode_png(chest_like_image((SIZE, SIZE), seed=ord(i)))) for i in "ab"}
+    return table, loaders
+
+
+def test_mask_lungs_writes_variants_and_reports_area(images):
+    table, loaders = images
+    outputs, report = mask_lungs(table, loaders, fixed_lung_model(), PARAMS)
+    assert report["lung_area_fraction"].iloc[0] == pytest.approx(LUNGS.mean(), abs=0.05)
+    assert not report["excluded"].any()
+    assert set(outputs) == {f"{kind}/{i}" for kind in ("masks", "lungs", "lungs_mask", "lungless") for i in "ab"}
+    mask = decode_gray(outputs["masks/a"]()) > 127
+    lungless = decode_gray(outputs["lungless/a"]())
+    assert (lungless[mask] == 0).all() and lungless[~mask].any()
+    lungs_mask = decode_gray(outputs["lungs_mask/a"]())
+    assert set(np.unique(lungs_mask)) == {0, 255} and (lungs_mask > 0).mean() > LUNGS.mean()  # cropped: lungs fill more
+    lungs = decode_gray(outputs["lungs/a"]())
+    assert (lungs[lungs_mask == 0] > 0).mean() < 0.1  # only interpolation at the lung border
+
+
+def test_images_with_too_little_lung_are_excluded_with_a_reason(images):
+    table, loaders = images
+    outputs, report = mask_lungs(table, loaders, fixed_lung_model(), {**PARAMS, "min_lung_area_fraction": 0.9})
+    assert report["excluded"].all()
+    assert report["reason"].str.contains("predicted lung area").all()
+    assert not any(key.startswith("lungs/") for key in outputs)
+
+
+def test_shortcut_audit_says_so_plainly_when_the_lungless_model_beats_chance():
+    real = {"test_accuracy": 0.9, "test_balanced_accuracy": 0.88}
+    lungless = {"test_accuracy": 0.8, "test_balanced_accuracy": 0.78}
+    audit = audit_shortcuts(real, lungless, {"n_classes": 3, "chance_margin": 0.1})
+    assert audit["lungless_above_chance"] and "without seeing the lungs" in audit["verdict"]
+    at_chance = audit_shortcuts(real, {"test_accuracy": 0.35, "test_balanced_accuracy": 0.34}, {"n_classes": 3, "chance_margin": 0.1})
+    assert not at_chance["lungless_above_chance"]
