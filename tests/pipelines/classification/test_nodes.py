@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import keras
 import numpy as np
 import pandas as pd
@@ -52,7 +53,8 @@ def test_mask_lungs_writes_variants_and_reports_area(images):
     lungs_mask = decode_gray(outputs["lungs_mask/a"]())
     assert set(np.unique(lungs_mask)) == {0, 255} and (lungs_mask > 0).mean() > LUNGS.mean()  # cropped: lungs fill more
     lungs = decode_gray(outputs["lungs/a"]())
-    assert (lungs[lungs_mask == 0] > 0).mean() < 0.1  # only interpolation at the lung border
+    near_lungs = cv2.dilate(lungs_mask, np.ones((3, 3), np.uint8), iterations=2) > 0  # interpolation at the border
+    assert (lungs[~near_lungs] == 0).all() and lungs[lungs_mask > 0].any()
 
 
 def test_images_with_too_little_lung_are_excluded_with_a_reason(images):
