@@ -65,9 +65,22 @@ def kedro_project(tmp_path, monkeypatch):
     shutil.copy(PROJECT_ROOT / "pyproject.toml", project)
     shutil.copytree(PROJECT_ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("credentials.yml"))
     (project / "src").mkdir()  # Kedro checks it exists; the package itself is installed
+    # An absolute tracking URI: MLflow caches stores by URI, so a relative sqlite path
+    # would keep pointing at the first test's database within one pytest process.
+    mlflow_yml = project / "conf" / "base" / "mlflow.yml"
+    mlflow_yml.write_text(mlflow_yml.read_text().replace("sqlite:///mlflow.db", f"sqlite:///{project}/mlflow.db"))
     monkeypatch.chdir(project)
     bootstrap_project(project)
-    return project
+    yield project
+    import mlflow
+
+    from kedro_mlflow.framework.hooks.mlflow_hook import mlflow_hook
+
+    while mlflow.active_run() is not None:  # never leak a run into the next test
+        mlflow.end_run()
+    # kedro-mlflow's hook is a process-wide singleton that keeps the last run id, and
+    # reopens it in the next session when that session's pipeline is not tracked.
+    mlflow_hook.run_id = None
 
 
 def run_kedro(project: Path, pipeline: str, env: str | None = None, params: dict | None = None) -> dict:

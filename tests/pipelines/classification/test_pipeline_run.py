@@ -23,7 +23,6 @@ TINY = {
     "segmentation.unet.training.epochs": 2,
     "segmentation.unet.model.base_filters": 4,
     "lung_masking.min_lung_area_fraction": 0.0,  # a 2-epoch U-Net may find little lung
-    "evaluation_bootstrap": 20,
 }
 for _model in CLASSIFICATION_MODELS:
     TINY |= {
@@ -32,6 +31,7 @@ for _model in CLASSIFICATION_MODELS:
         f"classification.{_model}.evaluation.n_bootstrap": 20,
         f"classification.{_model}.gradcam.per_class": 1,
     }
+    TINY[f"classification.{_model}.data.cross_validation"] = _model == "hrnet"  # the reference protocol
     for phase in ("main", "head", "fine_tune"):
         TINY[f"classification.{_model}.training.{phase}.epochs"] = 1
 
@@ -64,3 +64,6 @@ def test_classification_pipeline_on_tiny_demo_set(kedro_project):
     resnet = next(run for run in runs if run.info.run_name == "classification.resnet50")
     assert {"test_accuracy", "gradcam_lung_share_mean"} <= set(resnet.data.metrics)
     assert resnet.data.params["model.weights"] == "None"
+    hrnet = next(run for run in runs if run.info.run_name == "classification.hrnet")
+    folds = mlflow.MlflowClient().get_metric_history(hrnet.info.run_id, "cv_fold_val_accuracy")
+    assert [metric.step for metric in folds] == list(range(5))  # splits.n_folds = 5

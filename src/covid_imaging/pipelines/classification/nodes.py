@@ -198,16 +198,46 @@ def _fit(model, model_params, training, train_ds, validation_ds):
     raise ValueError(f"model.strategy must be 'scratch', 'two_phase' or 'transfer', got {strategy!r}")
 
 
+def cross_validate(
+    inputs: pd.DataFrame, model_params: dict[str, Any], training: dict[str, Any], data: dict[str, Any]
+) -> dict[str, list[float]]:
+    """k-fold cross-validation over train+validation (the ``cv_fold`` column of the split
+    table, grouped by patient); the test split is never touched. One value per fold."""
+    development = inputs[(inputs["split"] != "test") & inputs["label"].isin(data["classes"])]
+    folds = sorted(int(fold) for fold in development["cv_fold"].unique() if int(fold) >= 0)
+    if len(folds) < 2:
+        raise ValueError("cross_validation needs splits.n_folds >= 2 (the cv_fold column is empty)")
+    scores: dict[str, list[float]] = {"cv_fold_val_loss": [], "cv_fold_val_accuracy": []}
+    for fold in folds:
+        keras.utils.set_random_seed(int(data["seed"]) + fold)
+        fold_train = development[development["cv_fold"].astype(int) != fold]
+        fold_validation = development[development["cv_fold"].astype(int) == fold]
+        model = _build(model_params, data)
+        _, history = _fit(model, model_params, training, _dataset(fold_train, data, True),
+                          _dataset(fold_validation, data, False))
+        best = int(np.nanargmin(history["val_loss"]))
+        scores["cv_fold_val_loss"].append(history["val_loss"][best])
+        scores["cv_fold_val_accuracy"].append(history["val_accuracy"][best])
+        logger.info("CV fold %d/%d: val accuracy %.3f", fold + 1, len(folds), scores["cv_fold_val_accuracy"][-1])
+    return scores
+
+
 def train_classification_model(
     inputs: pd.DataFrame, model_params: dict[str, Any], training: dict[str, Any], data: dict[str, Any]
 ) -> tuple[keras.Model, dict[str, list[float]]]:
-    """Train one classifier on the training split (undersampled), validated on validation."""
+    """Train one classifier on the training split (undersampled), validated on validation.
+
+    With ``data.cross_validation: true`` it first runs k-fold cross-validation (the
+    reference HRNet protocol); the per-fold scores join the history (MLflow step = fold).
+    """
+    cv_scores = cross_validate(inputs, model_params, training, data) if data.get("cross_validation") else {}
     keras.utils.set_random_seed(int(data["seed"]))
     train, validation = _rows(inputs, data, "train"), _rows(inputs, data, "validation")
     model = _build(model_params, data)
     logger.info("Training %s (%d parameters) on %d images of %s", model_params["builder"], model.count_params(),
                 len(train), data["classes"])
-    return _fit(model, model_params, training, _dataset(train, data, True), _dataset(validation, data, False))
+    model, history = _fit(model, model_params, training, _dataset(train, data, True), _dataset(validation, data, False))
+    return model, {**history, **cv_scores}
 
 
 def transfer_and_fine_tune(
