@@ -73,7 +73,6 @@ def kedro_project(tmp_path, monkeypatch):
     bootstrap_project(project)
     yield project
     import mlflow
-
     from kedro_mlflow.framework.hooks.mlflow_hook import mlflow_hook
 
     while mlflow.active_run() is not None:  # never leak a run into the next test
