@@ -63,17 +63,13 @@ from covid_imaging.segmentation.data import (  # noqa: E402
     make_inference_dataset,
     make_segmentation_dataset,
 )
-from covid_imaging.segmentation.losses import (  # noqa: E402
-    dice_coefficient,
-    get_segmentation_loss,
-    iou_coefficient,
-)
 from covid_imaging.segmentation.models import (  # noqa: E402
     MODEL_BUILDERS,
     build_segmentation_model,
 )
 from covid_imaging.segmentation.training import (  # noqa: E402
     DEFAULT_TRAINING_PARAMS,
+    compile_segmentation_model,
     configure_device,
     describe_device,
     set_global_seed,
@@ -227,15 +223,7 @@ def pipeline_augmentation() -> dict:
 
 def compile_like_pipeline(model: keras.Model) -> None:
     """Compile exactly as ``train_segmentation_model`` does with its default parameters."""
-    params = DEFAULT_TRAINING_PARAMS
-    with model.distribute_strategy.scope():
-        model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=float(params["learning_rate"])),
-            loss=get_segmentation_loss(params["loss"]),
-            metrics=[dice_coefficient, iou_coefficient],
-            jit_compile=params["jit_compile"],
-            run_eagerly=bool(params["run_eagerly"]),
-        )
+    compile_segmentation_model(model, DEFAULT_TRAINING_PARAMS)
 
 
 def build(args: argparse.Namespace, image_size: int) -> keras.Model:

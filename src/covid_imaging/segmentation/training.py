@@ -113,6 +113,19 @@ def build_callbacks(params: Mapping[str, Any]) -> list[keras.callbacks.Callback]
     return callbacks
 
 
+def compile_segmentation_model(model: keras.Model, params: Mapping[str, Any] = DEFAULT_TRAINING_PARAMS) -> None:
+    """Adam(``learning_rate``), the configured loss, Dice and IoU metrics."""
+    # Optimizer variables must live in the strategy the model was built under.
+    with model.distribute_strategy.scope():
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=float(params["learning_rate"])),
+            loss=get_segmentation_loss(params["loss"]),
+            metrics=[dice_coefficient, iou_coefficient],
+            jit_compile=params["jit_compile"],
+            run_eagerly=bool(params["run_eagerly"]),
+        )
+
+
 def train_segmentation_model(
     model: keras.Model,
     train_ds: tf.data.Dataset,
@@ -129,15 +142,7 @@ def train_segmentation_model(
     epoch actually run.
     """
     params = merge_params(DEFAULT_TRAINING_PARAMS, training_params, where="training")
-    # Optimizer variables must live in the strategy the model was built under.
-    with model.distribute_strategy.scope():
-        model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=float(params["learning_rate"])),
-            loss=get_segmentation_loss(params["loss"]),
-            metrics=[dice_coefficient, iou_coefficient],
-            jit_compile=params["jit_compile"],
-            run_eagerly=bool(params["run_eagerly"]),
-        )
+    compile_segmentation_model(model, params)
     best_weights = BestWeightsKeeper()
     learning_rates = LearningRateRecorder()
     fit_history = model.fit(
