@@ -317,7 +317,13 @@ def explain_with_gradcam(
         axis.set_title(f"{label}\nin lungs {share:.0%}", fontsize=8)
         axis.axis("off")
     figure.tight_layout()
-    return figure, {"gradcam_lung_share_mean": float(np.mean(shares)), "gradcam_lung_share_std": float(np.std(shares))}
+    # A Grad-CAM map can be all zero (no positive evidence for the class): no share then.
+    defined = [share for share in shares if np.isfinite(share)]
+    return figure, {
+        "gradcam_lung_share_mean": float(np.mean(defined)) if defined else float("nan"),
+        "gradcam_lung_share_std": float(np.std(defined)) if defined else float("nan"),
+        "gradcam_maps_all_zero": float(len(shares) - len(defined)),
+    }
 
 
 # ------------------------------------------------------------------ across models
