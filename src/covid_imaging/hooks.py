@@ -55,15 +55,11 @@ def git_commit() -> str:
 
 
 def describe_compute_device() -> str:
-    """'CPU' or the first GPU's name, for the device tag."""
+    """'CPU' or the GPU's name, for the device tag (TensorFlow imported only when needed)."""
     try:
-        import tensorflow as tf  # noqa: PLC0415 - heavy import only when tracking a model
+        from covid_imaging.segmentation.training import describe_device  # noqa: PLC0415
 
-        gpus = tf.config.list_physical_devices("GPU")
-        if not gpus:
-            return "CPU"
-        details = tf.config.experimental.get_device_details(gpus[0])
-        return str(details.get("device_name", "GPU"))
+        return describe_device()
     except Exception:  # noqa: BLE001 - a tag must never break a run
         return "unknown"
 

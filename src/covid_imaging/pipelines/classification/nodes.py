@@ -128,8 +128,8 @@ def build_classification_inputs(
 ) -> pd.DataFrame:
     """Images with the paths of their lung-masked, lung-less and whole variants.
 
-    ``model_image_path`` is what the classifiers train on: the lung-only crop when
-    ``lung_masking.enabled`` is true, the whole preprocessed image otherwise.
+    ``default_variant`` is what classifiers with ``image_variant: auto`` train on: the
+    lung-only crop (``lungs``) when ``lung_masking.enabled`` is true, else ``whole``.
     """
     root = params["output_root"].rstrip("/")
     table = images.merge(lung_masking_report, on="image_id", how="left")
@@ -139,7 +139,7 @@ def build_classification_inputs(
         missing = [i for i in table["image_id"] if f"{variant}/{i}" not in lung_masked_images]
         if missing:
             raise FileNotFoundError(f"{len(missing)} {variant} images missing under {root}, e.g. {missing[:3]}")
-    table["model_image_path"] = table["lungs_path"] if params["enabled"] else table["image_path"]
+    table["default_variant"] = "lungs" if params["enabled"] else "whole"
     return table
 
 
@@ -155,9 +155,14 @@ def _rows(inputs: pd.DataFrame, data: dict[str, Any], split: str) -> pd.DataFram
     return rows
 
 
-def _image_paths(rows: pd.DataFrame, data: dict[str, Any]) -> pd.Series:
+def _variant(rows: pd.DataFrame, data: dict[str, Any]) -> str:
+    """The image variant a model uses: its own setting, or the table's default for ``auto``."""
     variant = data.get("image_variant", "auto")
-    return rows["model_image_path"] if variant == "auto" else rows[IMAGE_VARIANTS[variant]]
+    return str(rows["default_variant"].iloc[0]) if variant == "auto" else variant
+
+
+def _image_paths(rows: pd.DataFrame, data: dict[str, Any]) -> pd.Series:
+    return rows[IMAGE_VARIANTS[_variant(rows, data)]]
 
 
 def _dataset(rows: pd.DataFrame, data: dict[str, Any], training: bool):
@@ -293,8 +298,6 @@ def explain_with_gradcam(
 ) -> tuple[Figure, dict[str, float]]:
     """Grad-CAM overlays for a sample of test images per class, and the share of
     Grad-CAM mass inside the lung mask (mean over the sampled test images)."""
-    from matplotlib.figure import Figure as MplFigure  # noqa: PLC0415
-
     test = _rows(inputs, data, "test")
     sample = test.groupby("label", sort=True).head(int(gradcam["per_class"]))
     images = np.stack([
@@ -302,15 +305,15 @@ def explain_with_gradcam(
         for path in _image_paths(sample, data)
     ]).astype(np.float32) / 255.0
     heatmaps = grad_cam(model, images[..., None])
-    variant = data.get("image_variant", "auto")
-    mask_key = "lungs_mask" if (variant == "lungs" or (variant == "auto" and sample["model_image_path"].equals(sample["lungs_path"]))) else "masks"
+    # Lung crops are compared with the mask cropped the same way; other variants with the full mask.
+    mask_key = "lungs_mask" if _variant(sample, data) == "lungs" else "masks"
     shares = []
     for image_id, heatmap in zip(sample["image_id"], heatmaps, strict=True):
         mask = decode_gray(lung_masked_images[f"{mask_key}/{image_id}"]())
         mask = cv2.resize(mask, heatmap.shape[::-1], interpolation=cv2.INTER_NEAREST) > 127
         shares.append(heatmap_mass_inside_mask(heatmap, mask))
     columns = max(1, len(sample))
-    figure = MplFigure(figsize=(2.2 * columns, 2.6))
+    figure = Figure(figsize=(2.2 * columns, 2.6))
     for index, (image, heatmap, label, share) in enumerate(zip(images, heatmaps, sample["label"], shares, strict=True)):
         axis = figure.add_subplot(1, columns, index + 1)
         axis.imshow(overlay_heatmap(image, heatmap))
@@ -336,9 +339,8 @@ def audit_shortcuts(real_metrics: dict[str, float], lungless_metrics: dict[str, 
         {"accuracy": lungless_metrics["test_accuracy"], "balanced_accuracy": lungless_metrics["test_balanced_accuracy"]},
         n_classes=int(params["n_classes"]), chance_margin=float(params["chance_margin"]),
     )
-    logger.warning("Shortcut audit: %s", summary["verdict"]) if summary.get("lungless_above_chance") else logger.info(
-        "Shortcut audit: %s", summary["verdict"]
-    )
+    level = logging.WARNING if summary.get("lungless_above_chance") else logging.INFO
+    logger.log(level, "Shortcut audit: %s", summary["verdict"])
     return summary
 
 
@@ -346,7 +348,7 @@ def compare_classifiers(**metrics: dict[str, float]) -> pd.DataFrame:
     """One row per model: macro test metrics and Grad-CAM lung share."""
     rows: dict[str, dict[str, float]] = {}
     for key, values in metrics.items():
-        model, kind = key.rsplit("__", 1)
+        model = key.rsplit("__", 1)[0]  # keys are <model>__test and <model>__gradcam
         rows.setdefault(model, {"model": model}).update(values)
     table = pd.DataFrame(list(rows.values()))
     logger.info("Classification comparison (test split):\n%s", table.to_string(index=False, float_format="%.3f"))
