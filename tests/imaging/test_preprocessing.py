@@ -6,11 +6,18 @@ import cv2
 import numpy as np
 import pytest
 
-from covid_imaging.imaging.preprocessing import PreprocessingConfig, preprocess_gray, resize_mask
+from covid_imaging.imaging.preprocessing import (
+    PreprocessingConfig,
+    preprocess_gray,
+    resize_image,
+    resize_mask,
+    restore_native_size,
+    square_geometry,
+)
 from tests.conftest import chest_like_image
 
 REFERENCE_PARAMS = {
-    "resize": {"size": 48, "interpolation": "area"},
+    "resize": {"size": 48, "interpolation": "area", "mode": "stretch"},
     "gaussian_blur": {"enabled": True, "kernel_size": 5, "sigma": 1.0},
     "morphological_gradient": {"enabled": True, "kernel_size": 3, "iterations": 2},
     "clahe": {"enabled": True, "clip_limit": 3.0, "tile_grid_size": 4},
@@ -33,7 +40,7 @@ def test_reference_chain_matches_direct_opencv_calls():
 def test_each_step_can_be_switched_off():
     gray = chest_like_image((120, 100))
     params = {
-        "resize": {"size": 48},
+        "resize": {"size": 48, "mode": "stretch"},
         "gaussian_blur": {"enabled": False},
         "morphological_gradient": {"enabled": False},
         "clahe": {"enabled": False},
@@ -77,3 +84,37 @@ def test_invalid_parameters_are_named(params, message):
 def test_rejects_non_gray_input():
     with pytest.raises(ValueError, match="2-D uint8"):
         preprocess_gray(np.zeros((10, 10, 3), np.uint8), PreprocessingConfig())
+
+
+def test_pad_mode_keeps_the_aspect_ratio_and_centres_the_image():
+    gray = np.full((100, 50), 200, np.uint8)  # portrait, 2:1
+    square = resize_image(gray, 64, mode="pad")
+    assert square.shape == (64, 64)
+    box = square_geometry(100, 50, 64, "pad")
+    assert (box.content_height, box.content_width) == (64, 32)
+    assert (box.top, box.left) == (0, 16)
+    assert (square[:, 16:48] == 200).all()
+    assert (square[:, :16] == 0).all() and (square[:, 48:] == 0).all()
+
+
+def test_pad_mode_mask_lands_where_the_image_does():
+    mask = np.zeros((90, 300), np.uint8)
+    mask[30:60, 100:200] = 255
+    square = resize_mask(mask, 100, mode="pad")  # 300 wide -> scale 1/3, content 30 x 100
+    rows, cols = np.nonzero(square)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (35 + 10, 35 + 19, 34, 66)
+
+
+@pytest.mark.parametrize("mode", ["pad", "stretch"])
+@pytest.mark.parametrize("shape", [(512, 512), (700, 1024), (1024, 640), (301, 97)])
+def test_native_size_restore_inverts_the_square_resize(mode, shape):
+    height, width = shape
+    mask = np.zeros(shape, np.uint8)
+    cv2.ellipse(mask, (width // 3, height // 2), (width // 8, height // 3), 0, 0, 360, 255, -1)
+    square = resize_mask(mask, 256, mode)
+    # a model at 128 px predicts the square; the map comes back at the native size
+    model_map = cv2.resize(square.astype(np.float32) / 255.0, (128, 128), interpolation=cv2.INTER_AREA)
+    native = restore_native_size(model_map, height, width, mode, square_size=256) > 0.5
+    assert native.shape == shape
+    overlap = 2 * np.logical_and(native, mask > 0).sum() / (native.sum() + (mask > 0).sum())
+    assert overlap > 0.95

@@ -108,11 +108,17 @@ def test_summary_has_overall_and_per_source_mean_and_std() -> None:
         {
             "image_id": ["a", "b", "c"],
             "source": ["x", "x", "y"],
+            "mask_convention": ["nlm", "v7", "v7"],
             "dice_post": [0.8, 0.6, 0.9],
             "mse": [0.1, 0.3, 0.2],
         }
     )
-    summary = summarise_segmentation_metrics(per_image).set_index("source")
+    table = summarise_segmentation_metrics(per_image, group_cols=("source", "mask_convention"))
+    assert list(table["grouping"]) == ["all", "source", "source", "mask_convention", "mask_convention"]
+    conventions = table[table["grouping"] == "mask_convention"].set_index("group")
+    assert conventions.loc["v7", "dice_post_mean"] == pytest.approx(0.75)
+    assert conventions.loc["v7", "dice_post_min"] == pytest.approx(0.6)
+    summary = table[table["grouping"] != "mask_convention"].set_index("group")
     assert list(summary.index) == ["all", "x", "y"]
     assert summary.loc["all", "n_images"] == 3
     assert summary.loc["all", "dice_post_mean"] == pytest.approx(0.7666666, rel=1e-5)
@@ -134,7 +140,7 @@ def test_comparison_table_is_shaped_like_the_paper() -> None:
     assert table.loc[0, "mDice"] == pytest.approx(overall["dice_post_mean"])
     assert table.loc[0, "MSE"] == pytest.approx(overall["mse_mean"])
     raw = comparison_table(summaries, stage="raw", group="covid")
-    covid = summaries["fcn"].set_index("source").loc["covid"]
+    covid = summaries["fcn"].set_index("group").loc["covid"]
     assert raw.loc[1, "mIoU"] == pytest.approx(covid["iou_raw_mean"])
     with pytest.raises(ValueError, match="stage"):
         comparison_table(summaries, stage="final")

@@ -27,6 +27,7 @@ class PreprocessingConfig:
 
     image_size: int = 256
     interpolation: str = "area"
+    resize_mode: str = "pad"  # "pad": keep the aspect ratio, pad to square; "stretch": squash
     blur_enabled: bool = True
     blur_kernel_size: int = 3
     blur_sigma: float = 0.0
@@ -48,6 +49,7 @@ class PreprocessingConfig:
         config = cls(
             image_size=int(resize.get("size", cls.image_size)),
             interpolation=str(resize.get("interpolation", cls.interpolation)),
+            resize_mode=str(resize.get("mode", cls.resize_mode)),
             blur_enabled=bool(blur.get("enabled", cls.blur_enabled)),
             blur_kernel_size=int(blur.get("kernel_size", cls.blur_kernel_size)),
             blur_sigma=float(blur.get("sigma", cls.blur_sigma)),
@@ -67,21 +69,79 @@ class PreprocessingConfig:
             raise ValueError(f"preprocessing.resize.size must be >= 8, got {self.image_size}")
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"preprocessing.resize.interpolation must be one of {sorted(INTERPOLATIONS)}")
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"preprocessing.resize.mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
         if self.blur_kernel_size % 2 == 0 or self.blur_kernel_size < 1:
             raise ValueError(f"preprocessing.gaussian_blur.kernel_size must be odd, got {self.blur_kernel_size}")
         if self.normalisation not in ("minmax", "none"):
             raise ValueError(f"preprocessing.normalisation must be 'minmax' or 'none', got {self.normalisation!r}")
 
 
-def resize_image(gray: np.ndarray, size: int, interpolation: str = "area") -> np.ndarray:
-    """Resize to ``size`` x ``size`` (the models take square inputs)."""
-    return cv2.resize(gray, (size, size), interpolation=INTERPOLATIONS[interpolation])
+RESIZE_MODES = ("pad", "stretch")
 
 
-def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+@dataclass(frozen=True)
+class SquareGeometry:
+    """Where an image of ``height`` x ``width`` lands in a ``size`` x ``size`` square."""
+
+    top: int
+    left: int
+    content_height: int
+    content_width: int
+
+
+def square_geometry(height: int, width: int, size: int, mode: str = "pad") -> SquareGeometry:
+    """The content box of the resized image: the whole square when stretching, centred when padding."""
+    if mode == "stretch":
+        return SquareGeometry(0, 0, size, size)
+    if mode != "pad":
+        raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {mode!r}")
+    scale = size / max(height, width)
+    content_height = max(1, min(size, round(height * scale)))
+    content_width = max(1, min(size, round(width * scale)))
+    return SquareGeometry((size - content_height) // 2, (size - content_width) // 2, content_height, content_width)
+
+
+def _to_square(image: np.ndarray, size: int, mode: str, interpolation: int) -> np.ndarray:
+    box = square_geometry(image.shape[0], image.shape[1], size, mode)
+    resized = cv2.resize(image, (box.content_width, box.content_height), interpolation=interpolation)
+    if mode == "stretch":
+        return resized
+    # Black padding: X-rays often have black borders already, and augmentation adds more.
+    square = np.zeros((size, size), dtype=image.dtype)
+    square[box.top : box.top + box.content_height, box.left : box.left + box.content_width] = resized
+    return square
+
+
+def resize_image(gray: np.ndarray, size: int, interpolation: str = "area", mode: str = "stretch") -> np.ndarray:
+    """Resize to ``size`` x ``size`` (the models take square inputs), squashed or padded."""
+    return _to_square(gray, size, mode, INTERPOLATIONS[interpolation])
+
+
+def resize_mask(mask: np.ndarray, size: int, mode: str = "stretch") -> np.ndarray:
     """Resize a binary mask with nearest-neighbour so it stays binary; returns {0, 255}."""
-    resized = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+    resized = _to_square(mask, size, mode, cv2.INTER_NEAREST)
     return np.where(resized > 0, 255, 0).astype(np.uint8)
+
+
+def restore_native_size(
+    square_map: np.ndarray, height: int, width: int, mode: str, square_size: int | None = None
+) -> np.ndarray:
+    """Undo ``resize_image``: crop the content box of a square map and resize it to ``height`` x ``width``.
+
+    ``square_size`` is the side the image was padded at (the preprocessed size); a map
+    at another side (the model's) is first brought to it, so the crop is exact.
+    Bilinear, for probability maps: threshold and post-process at the native size.
+    """
+    if square_map.ndim != 2 or square_map.shape[0] != square_map.shape[1]:
+        raise ValueError(f"expected a square 2-D map, got shape {square_map.shape}")
+    square_map = square_map.astype(np.float32)
+    size = int(square_size or square_map.shape[0])
+    if square_map.shape[0] != size:
+        square_map = cv2.resize(square_map, (size, size), interpolation=cv2.INTER_LINEAR)
+    box = square_geometry(height, width, size, mode)
+    content = square_map[box.top : box.top + box.content_height, box.left : box.left + box.content_width]
+    return cv2.resize(content, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 def morphological_gradient(gray: np.ndarray, kernel_size: int, iterations: int) -> np.ndarray:
@@ -105,7 +165,7 @@ def preprocess_gray(gray: np.ndarray, config: PreprocessingConfig) -> np.ndarray
     """Run the configured chain on a 2-D uint8 image; returns 2-D uint8."""
     if gray.ndim != 2 or gray.dtype != np.uint8:
         raise ValueError(f"preprocess_gray expects a 2-D uint8 image, got {gray.dtype} {gray.shape}")
-    image = resize_image(gray, config.image_size, config.interpolation)
+    image = resize_image(gray, config.image_size, config.interpolation, config.resize_mode)
     if config.blur_enabled:
         image = cv2.GaussianBlur(image, (config.blur_kernel_size, config.blur_kernel_size), config.blur_sigma)
     if config.gradient_enabled:

@@ -122,33 +122,37 @@ def metric_columns(per_image: pd.DataFrame) -> list[str]:
     return [
         column
         for column in per_image.columns
-        if column not in ("image_id", "source") and pd.api.types.is_numeric_dtype(per_image[column])
+        if column not in ("image_id", "source", "split") and pd.api.types.is_numeric_dtype(per_image[column])
     ]
 
 
 def summarise_segmentation_metrics(
-    per_image: pd.DataFrame, group_col: str = "source"
+    per_image: pd.DataFrame, group_cols: tuple[str, ...] = ("source",)
 ) -> pd.DataFrame:
-    """Mean and (sample) standard deviation of every metric, overall and per group.
+    """Mean, (sample) standard deviation and minimum of every metric, overall and per group.
 
-    Returns one row per group with ``group_col`` first (the overall row is
-    labelled ``"all"`` and comes first), then ``n_images`` and
-    ``<metric>_mean`` / ``<metric>_std`` columns. The std of a single image is NaN.
+    Returns one row per group: ``grouping`` (``"all"`` or the column grouped by, e.g.
+    ``source``, ``mask_convention``), ``group`` (the value; ``"all"`` for the overall
+    row, which comes first), ``n_images`` and ``<metric>_mean`` / ``_std`` / ``_min``.
+    The std of a single image is NaN.
     """
     columns = metric_columns(per_image)
 
-    def summarise(frame: pd.DataFrame, label: Any) -> dict[str, Any]:
-        row: dict[str, Any] = {group_col: label, "n_images": len(frame)}
+    def summarise(frame: pd.DataFrame, grouping: str, label: Any) -> dict[str, Any]:
+        row: dict[str, Any] = {"grouping": grouping, "group": label, "n_images": len(frame)}
         for column in columns:
             row[f"{column}_mean"] = float(frame[column].mean())
             row[f"{column}_std"] = float(frame[column].std())
+            row[f"{column}_min"] = float(frame[column].min())
         return row
 
-    rows = [summarise(per_image, OVERALL_GROUP)]
-    if group_col in per_image.columns:
-        rows += [
-            summarise(frame, label) for label, frame in per_image.groupby(group_col, sort=True)
-        ]
+    rows = [summarise(per_image, OVERALL_GROUP, OVERALL_GROUP)]
+    for group_col in group_cols:
+        if group_col in per_image.columns:
+            rows += [
+                summarise(frame, group_col, label)
+                for label, frame in per_image.groupby(group_col, sort=True)
+            ]
     return pd.DataFrame(rows)
 
 
@@ -156,24 +160,23 @@ def comparison_table(
     summaries: Mapping[str, pd.DataFrame],
     stage: str = "post",
     group: str = OVERALL_GROUP,
-    group_col: str = "source",
 ) -> pd.DataFrame:
     """Paper-style table, one row per model: ``model, mDice, mIoU, MSE``.
 
     Args:
         summaries: model name -> output of ``summarise_segmentation_metrics``.
-        stage: "post" (post-processed masks) or "raw" (thresholded at 0.5) for
-            Dice and IoU; MSE always compares the probability map with the mask.
-        group: which summary row to report ("all", or a source name).
-        group_col: the group column of the summaries.
+        stage: "post" (post-processed masks), "raw" (thresholded at 0.5) or
+            "native_post" (post-processed at the image's own size) for Dice and IoU;
+            MSE always compares the probability map with the mask at model size.
+        group: which summary row to report ("all", a source or a convention).
     """
-    if stage not in STAGES:
-        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}.")
     rows = []
     for model_name, summary in summaries.items():
-        selected = summary[summary[group_col] == group]
+        if f"dice_{stage}_mean" not in summary.columns:
+            raise ValueError(f"stage {stage!r} is not in the summary of {model_name!r}.")
+        selected = summary[summary["group"] == group]
         if selected.empty:
-            raise ValueError(f"Summary of {model_name!r} has no {group_col} == {group!r} row.")
+            raise ValueError(f"Summary of {model_name!r} has no group {group!r} row.")
         row = selected.iloc[0]
         rows.append(
             {

@@ -23,8 +23,8 @@ def _preprocess_image_file(load: Callable[[], bytes], config: PreprocessingConfi
     return encode_png(preprocess_gray(decode_gray(load()), config))
 
 
-def _preprocess_mask_file(load: Callable[[], bytes], size: int) -> bytes:
-    return encode_png(resize_mask(to_gray_uint8(decode_image(load())), size))
+def _preprocess_mask_file(load: Callable[[], bytes], config: PreprocessingConfig) -> bytes:
+    return encode_png(resize_mask(to_gray_uint8(decode_image(load())), config.image_size, config.resize_mode))
 
 
 def preprocess_images(manifest: pd.DataFrame, raw_files: RawFiles, params: dict[str, Any]) -> dict[str, Callable[[], bytes]]:
@@ -37,7 +37,7 @@ def preprocess_images(manifest: pd.DataFrame, raw_files: RawFiles, params: dict[
     for row in manifest.itertuples(index=False):
         outputs[f"images/{row.image_id}"] = partial(_preprocess_image_file, raw_files[row.image_key], config)
         if row.mask_key:
-            outputs[f"masks/{row.image_id}"] = partial(_preprocess_mask_file, raw_files[row.mask_key], config.image_size)
+            outputs[f"masks/{row.image_id}"] = partial(_preprocess_mask_file, raw_files[row.mask_key], config)
     return outputs
 
 
@@ -50,7 +50,7 @@ def build_model_input_table(
     """Join manifest and splits with the paths of the preprocessed PNGs the models read."""
     root = params["output_root"].rstrip("/")
     table = split_table.merge(
-        manifest[["image_id", "image_uri", "mask_uri", "width", "height", "is_synthetic"]], on="image_id", how="left"
+        manifest[["image_id", "image_key", "mask_key", "image_uri", "mask_uri", "width", "height", "is_synthetic"]], on="image_id", how="left"
     )
     available = set(preprocessed_images)
     table["image_path"] = [f"{root}/images/{image_id}.png" for image_id in table["image_id"]]

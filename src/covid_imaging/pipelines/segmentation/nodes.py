@@ -10,15 +10,19 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+import tensorflow as tf
+
+from covid_imaging.segmentation._params import merge_params
+from covid_imaging.segmentation.augmentation import OPACITY_KINDS, paste_opacity
 from covid_imaging.segmentation.data import make_segmentation_dataset
+from covid_imaging.segmentation.inference import Loaders, score_images
 from covid_imaging.segmentation.metrics import (
     comparison_table,
-    evaluate_segmentation,
+    metric_columns,
     summarise_segmentation_metrics,
 )
 from covid_imaging.segmentation.models import build_segmentation_model
 from covid_imaging.segmentation.plots import plot_sample_predictions, plot_training_curves
-from covid_imaging.segmentation.postprocessing import postprocess_probability_map
 from covid_imaging.segmentation.training import (
     configure_device,
     set_global_seed,
@@ -28,19 +32,46 @@ from covid_imaging.segmentation.training import (
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
+STRESS_TEST_DEFAULTS: dict[str, Any] = {"kinds": list(OPACITY_KINDS), "strength": 0.8, "seed": 7}
+
+
+SEGMENTATION_DATA_DEFAULTS: dict[str, Any] = {
+    "tasks": ["cxr"],
+    "sources": None,  # null: every source with masks; or a list (e.g. only NLM-convention sources)
+    # Which lung outline each source's masks draw: NLM masks stop at the heart border,
+    # V7 masks include the lung behind the heart. Metrics are reported per convention.
+    "mask_conventions": {},
+}
 
 
 def select_segmentation_images(model_input_table: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
-    """Rows usable for segmentation: tasks listed in ``params['tasks']`` that have a mask."""
-    tasks = params["tasks"]
-    table = model_input_table[model_input_table["task"].isin(tasks) & (model_input_table["mask_path"] != "")]
+    """Rows usable for segmentation: tasks in ``params['tasks']`` that have a mask.
+
+    Adds ``mask_convention`` from ``params['mask_conventions']`` (``unspecified`` for
+    sources it does not name).
+    """
+    # mask_conventions is a free mapping (any source name), the rest is checked key by key.
+    conventions = dict(params.get("mask_conventions") or {})
+    settings = merge_params(
+        SEGMENTATION_DATA_DEFAULTS, {k: v for k, v in params.items() if k != "mask_conventions"},
+        where="segmentation_data",
+    )
+    tasks, sources = settings["tasks"], settings["sources"]
+    keep = model_input_table["task"].isin(tasks) & (model_input_table["mask_path"].fillna("") != "")
+    if sources is not None:
+        keep &= model_input_table["source"].isin(sources)
+    table = model_input_table[keep].copy()
     missing = [split for split in SPLITS if not (table["split"] == split).any()]
     if missing:
         raise ValueError(
-            f"No segmentation images (tasks {tasks}, with masks) in split(s) {missing}; "
-            f"check segmentation_data.tasks and the manifest ({len(model_input_table)} rows)."
+            f"No segmentation images (tasks {tasks}, sources {sources or 'all'}, with masks) in split(s) "
+            f"{missing}; check segmentation_data and the manifest ({len(model_input_table)} rows)."
         )
-    logger.info("Segmentation images per split: %s", table["split"].value_counts().to_dict())
+    table["mask_convention"] = [conventions.get(source, "unspecified") for source in table["source"]]
+    logger.info(
+        "Segmentation images per split: %s; per source: %s",
+        table["split"].value_counts().to_dict(), table["source"].value_counts().to_dict(),
+    )
     return table.reset_index(drop=True)
 
 
@@ -101,62 +132,91 @@ def train_segmentation(
 def evaluate_on_test(
     model: keras.Model,
     images: pd.DataFrame,
+    raw_files: Loaders,
     data_params: dict[str, Any],
     postprocessing_params: dict[str, Any],
+    preprocessing_params: dict[str, Any],
 ) -> tuple[pd.DataFrame, dict[str, float], Figure]:
-    """Predict the test split batch by batch; metrics before and after post-processing.
+    """Predict the test split; metrics at model size (before/after post-processing) and at native size.
 
-    Streams: only one batch of probability maps is in memory at a time, plus a few
-    samples kept for the figure.
+    At native size the probability map is brought back to each image's own resolution
+    (padding removed), thresholded and post-processed there, and compared with the
+    original mask file.
     """
     test = _split_rows(images, "test")
-    image_size = int(data_params["image_size"])
-    dataset = make_segmentation_dataset(
-        test["image_path"], test["mask_path"], image_size, int(data_params["batch_size"]),
-        shuffle=False, augment_params=None, seed=0,
+    per_image, samples = score_images(
+        model, test, data_params, postprocessing_params, preprocessing_params, raw_files,
+        keep_samples=int(data_params.get("n_sample_predictions", 4)),
     )
-    n_samples = int(data_params.get("n_sample_predictions", 4))
-    batch_tables, samples = [], []
-    rows = iter(test.itertuples(index=False))
-    for batch_images, batch_masks in dataset:
-        probability_maps = np.asarray(model.predict_on_batch(batch_images), dtype=np.float32)[..., 0]
-        records = []
-        for image, mask, probability_map in zip(
-            batch_images.numpy()[..., 0], batch_masks.numpy()[..., 0], probability_maps, strict=True
-        ):
-            row = next(rows)
-            postprocessed = postprocess_probability_map(probability_map, postprocessing_params)
-            records.append(
-                {"image_id": row.image_id, "source": row.source, "probability_map": probability_map,
-                 "mask": mask, "postprocessed": postprocessed}
-            )
-            if len(samples) < n_samples:
-                samples.append((image, mask, probability_map, postprocessed))
-        batch_tables.append(evaluate_segmentation(records))
-    per_image = pd.concat(batch_tables, ignore_index=True)
-    figure = plot_sample_predictions(*(np.stack(items) for items in zip(*samples, strict=True)))
+    figure = plot_sample_predictions(
+        *(np.stack(items) for items in list(zip(*samples, strict=True))[:4]),
+        titles=[f"{image_id[-28:]}\nDice {dice:.3f}" for *_, dice, image_id in samples],
+    )
     return per_image, test_metrics_from(per_image), figure
 
 
+def stress_test(
+    model: keras.Model,
+    images: pd.DataFrame,
+    data_params: dict[str, Any],
+    postprocessing_params: dict[str, Any],
+    stress_params: dict[str, Any],
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Dice on the test images with synthetic opacities pasted inside the true lung, against clean.
+
+    Each kind of ``stress_params['kinds']`` (``OPACITY_KINDS``) is pasted at
+    ``strength`` into every test image (the mask still the whole lung), at the model's
+    size; the table has one row per image and condition (``clean`` and each kind).
+    """
+    settings = merge_params(STRESS_TEST_DEFAULTS, stress_params, where="stress_test")
+    test = _split_rows(images, "test")
+    tables = [score_images(model, test, data_params, postprocessing_params)[0].assign(condition="clean")]
+    for kind in settings["kinds"]:
+        if kind not in OPACITY_KINDS:
+            raise ValueError(f"stress_test.kinds: unknown opacity {kind!r}; expected some of {OPACITY_KINDS}.")
+
+        def paste(image: np.ndarray, mask: np.ndarray, index: int, kind_index: int = OPACITY_KINDS.index(kind)) -> np.ndarray:
+            seed = tf.constant([int(settings["seed"]), index], tf.int64)
+            pasted = paste_opacity(image[..., None], mask[..., None], kind_index, float(settings["strength"]), seed)
+            return pasted.numpy()[..., 0]
+
+        tables.append(score_images(model, test, data_params, postprocessing_params, transform=paste)[0].assign(condition=kind))
+    table = pd.concat(tables, ignore_index=True)
+    clean = table[table["condition"] == "clean"].set_index("image_id")["dice_post"]
+    table["dice_post_drop"] = [clean[image_id] - dice for image_id, dice in zip(table["image_id"], table["dice_post"], strict=True)]
+    metrics = {
+        f"stress_dice_post_{condition}": float(rows["dice_post"].mean()) for condition, rows in table.groupby("condition")
+    }
+    metrics |= {
+        f"stress_dice_post_min_{condition}": float(rows["dice_post"].min()) for condition, rows in table.groupby("condition")
+    }
+    logger.info("Stress test (mean Dice after post-processing): %s", {k: round(v, 3) for k, v in metrics.items()})
+    return table[["condition", *[c for c in table.columns if c != "condition"]]], metrics
+
+
 def test_metrics_from(per_image: pd.DataFrame) -> dict[str, float]:
-    """Flat metric dict for MLflow: overall means, and per-source post-processed Dice."""
-    metrics = {f"test_{column}": float(per_image[column].mean()) for column in per_image.columns if column not in ("image_id", "source")}
-    for source, rows in per_image.groupby("source"):
-        metrics[f"test_dice_post_{source}"] = float(rows["dice_post"].mean())
-        metrics[f"test_dice_raw_{source}"] = float(rows["dice_raw"].mean())
+    """Flat metric dict for MLflow: overall means, and per-source / per-convention Dice."""
+    metrics = {f"test_{column}": float(per_image[column].mean()) for column in metric_columns(per_image)}
+    for column in ("source", "mask_convention"):
+        for group, rows in per_image.groupby(column):
+            for metric in ("dice_post", "dice_raw", "dice_native_post"):
+                if metric in rows:
+                    metrics[f"test_{metric}_{group}"] = float(rows[metric].mean())
     return metrics
 
 
 def summarise_metrics(per_image: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± std overall and per source."""
-    return summarise_segmentation_metrics(per_image, group_col="source")
+    """Mean ± std overall, per source and per mask convention."""
+    return summarise_segmentation_metrics(per_image, group_cols=("source", "mask_convention"))
 
 
 def compare_segmentation_models(**summaries: pd.DataFrame) -> pd.DataFrame:
     """Paper-style comparison (model, mDice, mIoU, MSE) before and after post-processing."""
-    after = comparison_table(summaries, stage="post").assign(stage="post-processed")
-    before = comparison_table(summaries, stage="raw").assign(stage="threshold 0.5")
-    table = pd.concat([after, before], ignore_index=True)
+    stages = {"native_post": "native size, post-processed", "post": "post-processed", "raw": "threshold 0.5"}
+    table = pd.concat(
+        [comparison_table(summaries, stage=stage).assign(stage=label) for stage, label in stages.items()],
+        ignore_index=True,
+    )
     logger.info("Segmentation comparison (test split):\n%s", table.to_string(index=False, float_format="%.3f"))
     return table
 

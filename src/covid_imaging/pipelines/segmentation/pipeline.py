@@ -13,6 +13,7 @@ from covid_imaging.pipelines.segmentation.nodes import (
     compare_segmentation_models,
     evaluate_on_test,
     select_segmentation_images,
+    stress_test,
     summarise_metrics,
     train_segmentation,
     training_curves,
@@ -36,13 +37,27 @@ def model_template() -> Pipeline:
             node(training_curves, "training_history", "training_curves", name="plot_training_curves"),
             node(
                 evaluate_on_test,
-                ["model", "segmentation_images", "params:data", "params:postprocessing"],
+                [
+                    "model", "segmentation_images", "raw_images@files",
+                    "params:data", "params:postprocessing", "params:preprocessing",
+                ],
                 ["per_image_metrics", "test_metrics", "sample_predictions"],
                 name="evaluate_on_test",
             ),
             node(summarise_metrics, "per_image_metrics", "metrics_summary", name="summarise_metrics"),
+            node(
+                stress_test,
+                ["model", "segmentation_images", "params:data", "params:postprocessing", "params:stress_test"],
+                ["stress_test", "stress_metrics"],
+                name="stress_test",
+            ),
         ]
     )
+
+
+# Inputs every model pipeline shares (kept out of the model namespace).
+SHARED_INPUTS = {"segmentation_images", "raw_images@files"}
+SHARED_PARAMETERS = {"params:preprocessing": "params:preprocessing"}
 
 
 def create_pipeline(models: tuple[str, ...] = SEGMENTATION_MODELS, compare: bool = True, **kwargs) -> Pipeline:
@@ -57,7 +72,9 @@ def create_pipeline(models: tuple[str, ...] = SEGMENTATION_MODELS, compare: bool
         ]
     )
     per_model = [
-        pipeline(model_template(), namespace=f"segmentation.{name}", inputs={"segmentation_images"})
+        pipeline(
+            model_template(), namespace=f"segmentation.{name}", inputs=SHARED_INPUTS, parameters=SHARED_PARAMETERS
+        )
         for name in models
     ]
     compare_pipeline = pipeline(

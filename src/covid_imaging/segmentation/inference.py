@@ -1,0 +1,125 @@
+"""Applying a trained lung segmentation model: probability maps, native-size masks, scores.
+
+One code path for every place a model meets images (test evaluation, the disease stress
+test, cross-source folds, lung masking): batches of preprocessed PNGs in, one record
+per image out, with the probability map at the model's size and, when the original
+size is known, the post-processed mask at the image's own resolution.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from covid_imaging.imaging.io import decode_image, to_gray_uint8
+from covid_imaging.imaging.preprocessing import restore_native_size
+from covid_imaging.segmentation.data import make_segmentation_dataset
+from covid_imaging.segmentation.metrics import dice_score, image_metrics, iou_score
+from covid_imaging.segmentation.postprocessing import postprocess_probability_map
+
+Loaders = Mapping[str, Callable[[], bytes]]
+ImageTransform = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
+
+
+def predict_batches(
+    model: keras.Model,
+    rows: pd.DataFrame,
+    image_size: int,
+    batch_size: int,
+    transform: ImageTransform | None = None,
+) -> Iterator[tuple[Any, np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield ``(row, image, mask, probability_map)`` per image, at the model's size.
+
+    ``transform(image, mask, index)`` may change each image before prediction (the
+    stress test pastes opacities); the yielded image is the one the model saw.
+    """
+    dataset = make_segmentation_dataset(
+        rows["image_path"], rows["mask_path"], image_size, batch_size, shuffle=False, augment_params=None, seed=0
+    )
+    row_iter = iter(rows.itertuples(index=False))
+    index = 0
+    for batch_images, batch_masks in dataset:
+        images = batch_images.numpy()[..., 0]
+        masks = batch_masks.numpy()[..., 0]
+        if transform is not None:
+            images = np.stack([transform(image, mask, index + i) for i, (image, mask) in enumerate(zip(images, masks, strict=True))])
+        probabilities = np.asarray(model.predict_on_batch(tf.constant(images[..., None])), dtype=np.float32)[..., 0]
+        for image, mask, probability_map in zip(images, masks, probabilities, strict=True):
+            yield next(row_iter), image, mask, probability_map
+            index += 1
+
+
+def native_lung_mask(
+    probability_map: np.ndarray,
+    height: int,
+    width: int,
+    preprocessing_params: Mapping[str, Any],
+    postprocessing_params: Mapping[str, Any],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The probability map at the image's own ``height`` x ``width`` and its post-processed mask."""
+    resize = preprocessing_params.get("resize", {})
+    native_map = restore_native_size(
+        probability_map, int(height), int(width), str(resize.get("mode", "stretch")), int(resize.get("size", 256))
+    )
+    native_map = np.clip(native_map, 0.0, 1.0)
+    return native_map, postprocess_probability_map(native_map, postprocessing_params)
+
+
+def load_native_mask(raw_files: Loaders, mask_key: str, height: int, width: int) -> np.ndarray:
+    """The original mask file as a boolean array at the image's size (nearest neighbour)."""
+    import cv2  # noqa: PLC0415 - only needed here
+
+    mask = to_gray_uint8(decode_image(raw_files[mask_key]()))
+    if mask.shape != (height, width):
+        mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+    return mask > 127
+
+
+def score_images(
+    model: keras.Model,
+    rows: pd.DataFrame,
+    data_params: Mapping[str, Any],
+    postprocessing_params: Mapping[str, Any],
+    preprocessing_params: Mapping[str, Any] | None = None,
+    raw_files: Loaders | None = None,
+    transform: ImageTransform | None = None,
+    keep_samples: int = 0,
+) -> tuple[pd.DataFrame, list[tuple[np.ndarray, ...]]]:
+    """Per-image metrics of ``model`` on ``rows``: at model size and, with raw files, at native size.
+
+    Returns the table (``image_id``, ``source``, ``mask_convention``, ``dice_raw`` ...
+    ``mse``, and ``dice_native_raw``, ``dice_native_post``, ``iou_native_post`` when
+    ``raw_files`` is given) and up to ``keep_samples`` ``(image, mask, probability,
+    post-processed)`` tuples for figures.
+    """
+    records, samples = [], []
+    native = raw_files is not None and preprocessing_params is not None
+    for row, image, mask, probability_map in predict_batches(
+        model, rows, int(data_params["image_size"]), int(data_params["batch_size"]), transform
+    ):
+        postprocessed = postprocess_probability_map(probability_map, postprocessing_params)
+        record = {
+            "image_id": row.image_id,
+            "source": row.source,
+            "mask_convention": getattr(row, "mask_convention", "unspecified"),
+            **image_metrics(probability_map, mask, postprocessed),
+        }
+        if native:
+            truth = load_native_mask(raw_files, row.mask_key, int(row.height), int(row.width))
+            native_map, native_mask = native_lung_mask(
+                probability_map, int(row.height), int(row.width), preprocessing_params, postprocessing_params
+            )
+            record |= {
+                "dice_native_raw": dice_score(native_map > 0.5, truth),
+                "dice_native_post": dice_score(native_mask, truth),
+                "iou_native_post": iou_score(native_mask, truth),
+            }
+        records.append(record)
+        if len(samples) < keep_samples:
+            samples.append((image, mask, probability_map, postprocessed, float(record["dice_post"]), str(row.image_id)))
+    return pd.DataFrame(records), samples
