@@ -4,10 +4,16 @@ It is the leaf dataset of the raw-image ``PartitionedDataset``: the same code re
 local folder, ``abfs://container/prefix`` on Azure Blob Storage, or any other fsspec
 protocol. Decoding is left to the nodes, so a corrupt file becomes a row in the
 rejected-files report instead of an exception inside the catalog.
+
+A file that cannot be read at all (dangling or looping symbolic link, a folder, no
+permission, over the size limit) raises :class:`UnreadableFileError`, whose message is
+the problem alone; ingestion turns it into a rejected-files row.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -15,6 +21,32 @@ import fsspec
 from kedro.io.core import AbstractDataset, DatasetError, get_filepath_str, get_protocol_and_path
 
 from covid_imaging.datasets.atomic import atomic_write_bytes
+
+# Far above any single radiograph or CT slice (tens of MB), low enough that one stray
+# disk image or video in the raw folder cannot exhaust memory.
+DEFAULT_MAX_BYTES = 1 << 30
+
+
+class UnreadableFileError(DatasetError):
+    """The file is listed but its bytes cannot be read; ``reason`` says why, without the path."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.reason = reason
+
+
+def _describe_os_error(error: OSError, path: str) -> str:
+    if error.errno == errno.ELOOP:
+        return "symbolic link loop (too many levels of symbolic links)"
+    if isinstance(error, FileNotFoundError) and os.path.islink(path):
+        return f"dangling symbolic link (its target {os.readlink(path)!r} does not exist)"
+    if isinstance(error, FileNotFoundError):
+        return "file not found (deleted after it was listed?)"
+    if isinstance(error, IsADirectoryError):
+        return "a folder, not a file"
+    if isinstance(error, PermissionError):
+        return "permission denied"
+    return f"unreadable ({error.strerror or type(error).__name__})"
 
 
 class BytesDataset(AbstractDataset[bytes, bytes]):
@@ -26,20 +58,30 @@ class BytesDataset(AbstractDataset[bytes, bytes]):
         credentials: dict[str, Any] | None = None,
         fs_args: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
+        max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         protocol, path = get_protocol_and_path(filepath)
         self._protocol = protocol
         self._filepath = PurePosixPath(path)
         self._fs = fsspec.filesystem(protocol, **(credentials or {}), **(fs_args or {}))
+        self._max_bytes = int(max_bytes)
         self.metadata = metadata
 
     def load(self) -> bytes:
         path = get_filepath_str(self._filepath, self._protocol)
         try:
+            size = self._fs.size(path)
+            if size is not None and size > self._max_bytes:
+                raise UnreadableFileError(
+                    path, f"{size:,} bytes, over the {self._max_bytes:,}-byte limit of the raw-file dataset"
+                )
             with self._fs.open(path, "rb") as handle:
-                return handle.read()
-        except FileNotFoundError as error:
-            raise DatasetError(f"{self._protocol}://{path}: file not found") from error
+                data = handle.read()
+        except OSError as error:
+            raise UnreadableFileError(path, _describe_os_error(error, path)) from error
+        if len(data) > self._max_bytes:  # grew after the size check, or the size was unknown
+            raise UnreadableFileError(path, f"over the {self._max_bytes:,}-byte limit of the raw-file dataset")
+        return data
 
     def save(self, data: bytes) -> None:
         if not isinstance(data, bytes | bytearray):
