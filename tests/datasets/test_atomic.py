@@ -37,3 +37,61 @@ def test_bytes_dataset_round_trip_and_missing_file_message(tmp_path):
     assert dataset.load() == b"\x00\x01"
     with pytest.raises(Exception, match="file not found"):
         BytesDataset(filepath=str(tmp_path / "nope.bin")).load()
+
+
+def test_names_at_the_file_system_limit_are_written(tmp_path):
+    """A 230-byte name (legal, NAME_MAX is 255) must not make the temporary name too long."""
+    name = "x" * 100 + "é" * 63 + ".png"  # 230 bytes in UTF-8
+    assert len(name.encode()) == 230
+    dataset = BytesDataset(filepath=str(tmp_path / name))
+    dataset.save(b"data")
+    assert dataset.load() == b"data"
+    longest = "y" * 251 + ".csv"  # exactly NAME_MAX
+    AtomicCSVDataset(filepath=str(tmp_path / longest)).save(pd.DataFrame({"a": [1]}))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, longest])
+
+
+KILLED_WRITER = """
+import os, sys, time
+from covid_imaging.datasets import atomic
+import fsspec
+
+def stall(*args, **kwargs):  # the process is killed between writing and renaming
+    print("written", flush=True)
+    time.sleep(60)
+
+atomic.os.replace = stall
+atomic.atomic_write_bytes(fsspec.filesystem("file"), sys.argv[1], b"new" * 1000)
+"""
+
+
+def test_temporaries_of_a_killed_write_are_removed_by_the_next_write(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    target = tmp_path / "table.csv"
+    target.write_bytes(b"old")
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(target)], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline().strip() == "written"
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    orphans = [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert len(orphans) == 1 and ".atomic-" in orphans[0]
+    assert target.read_bytes() == b"old"  # the killed write never showed
+
+    (tmp_path / ".unrelated.tmp").write_bytes(b"not ours")  # a user's file with a similar name
+    BytesDataset(filepath=str(tmp_path / "other.bin")).save(b"x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".unrelated.tmp", "other.bin", "table.csv"]
+
+
+def test_a_temporary_of_a_live_writer_is_never_removed(tmp_path):
+    import os
+
+    from covid_imaging.datasets.atomic import remove_orphaned_temporaries, temporary_name
+
+    live = tmp_path / temporary_name("report.csv")  # this process's pid: a write in progress
+    live.write_bytes(b"partial")
+    assert str(os.getpid()) in live.name
+    assert remove_orphaned_temporaries(str(tmp_path)) == []
+    assert live.exists()

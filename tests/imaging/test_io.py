@@ -106,3 +106,59 @@ def test_truncated_jpeg_is_detected_or_decodes_partially_flagged():
     data = _encode(".jpg", chest_like_image((256, 256)))
     with pytest.raises(ImageDecodeError):
         decode_image(data[:200])
+
+
+def test_a_decompression_bomb_is_rejected_from_its_header_without_decoding(monkeypatch):
+    from covid_imaging.imaging.io import PixelBudgetError, read_header
+    from tests.fuzz.bad_inputs import png_declaring
+
+    bomb = png_declaring(30000, 30000)  # under 1 MB, 900 M pixels declared
+    header = read_header(bomb)
+    assert (header.width, header.height, header.file_format) == (30000, 30000, "png")
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded although the header is over the budget")
+
+    monkeypatch.setattr(cv2, "imdecode", no_decoding)
+    with pytest.raises(PixelBudgetError, match=r"declares 30000×30000 pixels \(900,000,000\), over the budget of 50,000,000"):
+        decode_image(bomb)
+    with pytest.raises(PixelBudgetError, match="over the budget of 1,000"):
+        decode_image(encode_png(chest_like_image((40, 40))), max_pixels=1000)
+
+
+def test_opencv_assertions_become_decode_errors():
+    from tests.fuzz.bad_inputs import png_declaring
+
+    # 60000² passes a budget of 4e9 but makes OpenCV's own pixel-limit assertion fire.
+    with pytest.raises(ImageDecodeError, match="corrupt or truncated PNG"):
+        decode_image(png_declaring(60000, 60000, idat_bytes=1000), max_pixels=4_000_000_000)
+
+
+def test_exif_orientation_and_cmyk_jpegs_are_decoded_as_displayed():
+    from PIL import Image
+
+    from tests.fuzz.bad_inputs import pil_bytes
+
+    gray = chest_like_image((40, 60))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed rotated 90° clockwise
+    rotated = decode_image(pil_bytes(Image.fromarray(gray), "JPEG", exif=exif, quality=95))
+    assert (rotated.width, rotated.height) == (40, 60)
+    assert np.abs(to_gray_uint8(rotated).astype(int) - np.rot90(gray, -1)).mean() < 4
+    cmyk = decode_image(pil_bytes(Image.fromarray(gray).convert("CMYK"), "JPEG", quality=95))
+    assert cmyk.channels == 3 and np.abs(to_gray_uint8(cmyk).astype(int) - gray).mean() < 6
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4])
+def test_low_bit_depth_pngs_are_scaled_to_8_bits(bits):
+    from PIL import Image
+
+    from tests.fuzz.bad_inputs import pil_bytes
+
+    levels = 2**bits
+    values = (np.arange(48 * 64).reshape(48, 64) % levels).astype(np.uint8)
+    image = Image.fromarray(values.astype(bool)) if bits == 1 else Image.fromarray(values)
+    data = pil_bytes(image, "PNG", **({} if bits == 1 else {"bits": bits}))
+    assert data[24] == bits  # the IHDR bit depth really is low
+    gray = decode_gray(data)
+    np.testing.assert_array_equal(gray, values.astype(np.uint16) * 255 // (levels - 1))

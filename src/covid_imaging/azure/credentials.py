@@ -21,6 +21,8 @@ applies it to every log record of the process.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import os
 import re
@@ -239,6 +241,8 @@ def credentials_from_mapping(values: Mapping[str, Any], source: str) -> BlobCred
             f"{source}: incomplete Azure credentials; give connection_string, or account_name "
             "with account_key or sas_token"
         )
+    if key:
+        check_account_key(key, source)
     sas = sas.lstrip("?") if sas else None
     register_secret(sas)
     host = given.get("account_host")
@@ -248,6 +252,23 @@ def credentials_from_mapping(values: Mapping[str, Any], source: str) -> BlobCred
     )
 
 
+def check_account_key(key: str, source: str) -> None:
+    """Raise when an account key cannot be a key at all (it must be base64).
+
+    Decoded the way the Azure SDK signs requests, so a key that fails here fails there
+    too, but here it is reported as malformed instead of as "access denied".
+    """
+    try:
+        decoded = base64.b64decode(key)
+    except (binascii.Error, ValueError) as error:
+        raise AzureCredentialsError(
+            f"{source}: malformed account key: not valid base64 ({error}); copy the key again "
+            "from the storage account's 'Access keys' page"
+        ) from None
+    if not decoded:
+        raise AzureCredentialsError(f"{source}: malformed account key: it decodes to nothing")
+
+
 def _from_connection_string(connection_string: str, source: str) -> BlobCredentials:
     parts = _parse_connection_string(connection_string)
     register_secret(parts.get("accountkey"))
@@ -255,6 +276,8 @@ def _from_connection_string(connection_string: str, source: str) -> BlobCredenti
     if parts.get("usedevelopmentstorage", "").lower() == "true":
         name, endpoint = AZURITE_ACCOUNT, f"http://127.0.0.1:10000/{AZURITE_ACCOUNT}"
         return BlobCredentials(name, endpoint, source, connection_string=connection_string)
+    if parts.get("accountkey"):
+        check_account_key(parts["accountkey"], f"{source} (AccountKey)")
     if not (parts.get("accountkey") or parts.get("sharedaccesssignature")):
         raise AzureCredentialsError(
             f"{source}: not a usable Azure Storage connection string (it has neither AccountKey "

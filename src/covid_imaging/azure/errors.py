@@ -75,11 +75,26 @@ def _network_reason(error: BaseException) -> str:
     return found.group(0).strip() if found else text
 
 
+def _is_signing_error(error: BaseException) -> bool:
+    """The SDK's AzureSigningError (a ClientAuthenticationError raised before any request)."""
+    try:
+        from azure.storage.blob._shared.authentication import AzureSigningError
+    except ImportError:  # a private module of the SDK: fall back to the class name
+        return type(error).__name__ == "AzureSigningError"
+    return isinstance(error, AzureSigningError)
+
+
 def explain(error: BaseException, creds: BlobCredentials) -> str:
     """One line saying what went wrong and what to check, without any secret."""
     code = getattr(error, "error_code", None)
     code_text = f" ({code.value if hasattr(code, 'value') else code})" if code else ""
     status = getattr(error, "status_code", None)
+    if _is_signing_error(error):
+        # The SDK could not even sign the request: the key is not base64, nothing was sent.
+        return (
+            f"malformed account key in the {creds.kind} from {creds.source}: it cannot sign requests "
+            f"({_first_line(error)}); copy the key again from the storage account's 'Access keys' page"
+        )
     if isinstance(error, ClientAuthenticationError) or status in (401, 403):
         return (
             f"access denied{code_text}: the {creds.kind} from {creds.source} is wrong, expired, "

@@ -153,15 +153,14 @@ def normalise_manifest_path(path: str, root: str = "") -> tuple[str, str | None]
         return "", f"path of {len(path.encode('utf-8', 'surrogateescape')):,} bytes, longer than any file path can be"
     if "\x00" in path:
         return "", "path contains a NUL character"
-    root = root.rstrip("/")
+    written, root = path, root.rstrip("/")
     if root and posixpath.isabs(path) and posixpath.isabs(root):
-        relative = posixpath.relpath(posixpath.normpath(path), posixpath.normpath(root))
-        path = relative
+        path = posixpath.relpath(posixpath.normpath(path), posixpath.normpath(root))
     normal = posixpath.normpath(path)
     if posixpath.isabs(normal) or normal == ".." or normal.startswith("../"):
-        return "", f"path {path!r} is outside the data root"
+        return "", f"path {written!r} is outside the data root"
     if normal == ".":
-        return "", f"path {path!r} names the data root, not a file"
+        return "", f"path {written!r} names the data root, not a file"
     return normal, None
 
 
