@@ -31,9 +31,9 @@ from mlflow.tracking import MlflowClient
 
 logger = logging.getLogger(__name__)
 
-TRACKED_NAMESPACE_ROOTS = ("segmentation", "classification")
+TRACKED_NAMESPACE_ROOTS = ("segmentation", "segmentation_cross_source", "classification")
 MAX_PARAM_LENGTH = 6000
-REPORTS_TO_ANNOUNCE = ("segmentation_comparison", "classification_comparison", "shortcut_audit", "rejected_files")
+REPORTS_TO_ANNOUNCE = ("segmentation_comparison", "segmentation_cross_source", "classification_comparison", "shortcut_audit", "rejected_files")
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:

@@ -15,6 +15,7 @@ from covid_imaging.pipelines import (
     ingestion,
     preprocessing,
     segmentation,
+    segmentation_cross_source,
     splits,
 )
 
@@ -32,6 +33,8 @@ def register_pipelines() -> dict[str, Pipeline]:
         "data_preparation": data_preparation,
         "segmentation": data_preparation + segmentation_models,
         "segmentation_models": segmentation_models,  # reuse prepared data: no re-ingestion
+        # Leave-one-source-out folds per training recipe (its own job: 8 trainings)
+        "segmentation_cross_source": data_preparation + segmentation_cross_source.create_pipeline(),
         # Classification masks the lungs with a segmentation model it trains first, so
         # it also works on a fresh clone; classification_models reuses a trained one.
         "classification": data_preparation

@@ -35,15 +35,20 @@ def test_segmentation_pipeline_on_tiny_demo_set(kedro_project):
 
     comparison = pd.read_csv(reports / "segmentation_comparison.csv")
     assert set(comparison["model"]) == set(SEGMENTATION_MODELS)
-    assert set(comparison["stage"]) == {"post-processed", "threshold 0.5"}
+    assert set(comparison["stage"]) == {"native size, post-processed", "post-processed", "threshold 0.5"}
     assert comparison[["mDice", "mIoU"]].apply(lambda c: c.between(0, 1)).all().all()
 
     for model in SEGMENTATION_MODELS:
         folder = reports / "segmentation" / model
         per_image = pd.read_csv(folder / "per_image_metrics.csv")
-        assert {"dice_raw", "dice_post", "iou_post", "mse", "source"} <= set(per_image.columns)
+        assert {"dice_raw", "dice_post", "iou_post", "mse", "source", "mask_convention"} <= set(per_image.columns)
+        assert per_image[["dice_native_post", "dice_native_raw", "iou_native_post"]].apply(lambda c: c.between(0, 1)).all().all()
         summary = pd.read_csv(folder / "metrics_summary.csv")
-        assert summary["source"].iloc[0] == "all"
+        assert summary["group"].iloc[0] == "all"
+        assert {"source", "mask_convention"} <= set(summary["grouping"])
+        stress = pd.read_csv(folder / "stress_test.csv")
+        assert set(stress["condition"]) == {"clean", "consolidation", "ground_glass", "effusion"}
+        assert (stress.groupby("condition")["image_id"].apply(set).apply(len) == len(per_image)).all()
         assert (folder / "training_curves.png").stat().st_size > 0
         assert (folder / "sample_predictions.png").stat().st_size > 0
         assert json.loads((folder / "test_metrics.json").read_text())["test_dice_post"] >= 0
@@ -61,7 +66,8 @@ def test_segmentation_pipeline_on_tiny_demo_set(kedro_project):
         assert run.data.tags["device"] == "CPU" and run.data.tags["dataset"] == "synthetic_demo"
         assert run.data.tags["git_commit"]
         assert run.data.params["training.epochs"] == "2"
-        assert {"test_dice_post", "test_dice_raw", "test_iou_post", "test_mse"} <= set(run.data.metrics)
+        assert {"test_dice_post", "test_dice_raw", "test_iou_post", "test_mse", "test_dice_native_post"} <= set(run.data.metrics)
+        assert {"stress_dice_post_clean", "stress_dice_post_effusion"} <= set(run.data.metrics)
         history = client.get_metric_history(run.info.run_id, "val_loss")
         assert [metric.step for metric in history] == [0, 1], name  # one point per epoch
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}

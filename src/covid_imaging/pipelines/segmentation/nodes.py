@@ -8,9 +8,8 @@ from typing import Any
 import keras
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
-
 import tensorflow as tf
+from matplotlib.figure import Figure
 
 from covid_imaging.segmentation._params import merge_params
 from covid_imaging.segmentation.augmentation import OPACITY_KINDS, paste_opacity

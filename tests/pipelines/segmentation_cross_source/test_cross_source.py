@@ -1,0 +1,90 @@
+"""Leave-one-source-out folds: no source on both sides, and a tiny real run on shared data."""
+
+from __future__ import annotations
+
+import shutil
+
+import mlflow
+import pandas as pd
+import pytest
+
+from covid_imaging.pipelines.segmentation.pipeline import SEGMENTATION_MODELS
+from covid_imaging.pipelines.segmentation_cross_source.nodes import fold_tables, held_out_sources
+from covid_imaging.pipelines.segmentation_cross_source.pipeline import CROSS_SOURCE_VARIANTS
+from tests.conftest import run_kedro
+
+
+def _images() -> pd.DataFrame:
+    rows = []
+    for source, n in (("a", 6), ("b", 5), ("c", 2)):
+        for i in range(n):
+            rows.append({"image_id": f"{source}{i}", "source": source, "split": ("train", "validation", "test")[i % 3]})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("held_out", ["a", "b", "c"])
+def test_a_fold_never_trains_on_the_source_it_tests(held_out):
+    train, test = fold_tables(_images(), held_out)
+    assert held_out not in set(train["source"])
+    assert set(test["source"]) == {held_out}
+    # every image of the held-out source is tested, whatever its split
+    assert len(test) == int((_images()["source"] == held_out).sum())
+    # the other sources train on their train + validation splits only, never their test split
+    assert set(train["split"]) <= {"train", "validation"}
+    assert not set(train["image_id"]) & set(test["image_id"])
+
+
+def test_sources_too_small_are_not_folds():
+    assert held_out_sources(_images(), minimum=5) == ["a", "b"]
+
+
+@pytest.mark.slow
+def test_cross_source_pipeline_on_a_slice_of_shared_data(kedro_project, shared_data, tmp_path):
+    manifest = pd.read_csv(shared_data / "manifest.csv", keep_default_na=False)
+    chosen = pd.concat(
+        [manifest[(manifest["task"] == "segmentation") & (manifest["source"] == source)].head(12)
+         for source in ("shenzhen", "ieee8023_v7")]
+    )
+    raw = tmp_path / "raw"
+    for relative in list(chosen["path"]) + list(chosen["mask_path"]):
+        (raw / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shared_data / relative, raw / relative)
+    chosen.to_csv(raw / "manifest.csv", index=False)
+    shutil.copy(shared_data / "ieee8023_subset_metadata.csv", raw)
+    params = {
+        "raw_images_path": str(raw),
+        "preprocessing.resize.size": 64,
+        "segmentation_cross_source.min_images_per_source": 5,
+        "segmentation_cross_source.stress_test.kinds": ["effusion"],
+    }
+    for model in SEGMENTATION_MODELS:
+        params |= {
+            f"segmentation.{model}.data.image_size": 32,
+            f"segmentation.{model}.data.batch_size": 8,
+            f"segmentation.{model}.training.epochs": 1,
+            f"segmentation.{model}.model.base_filters": 4,
+        }
+    run_kedro(kedro_project, "segmentation_cross_source", env="shared_data", params=params)
+
+    reports = kedro_project / "data/08_reporting"
+    table = pd.read_csv(reports / "segmentation_cross_source.csv")
+    assert set(table["variant"]) == set(CROSS_SOURCE_VARIANTS)
+    assert set(table["held_out_source"]) == {"shenzhen", "ieee8023_v7"}
+    for row in table.itertuples():
+        assert row.held_out_source not in row.train_sources.split("+")
+        assert row.n_images == 12
+    assert set(table.loc[table["held_out_source"] == "shenzhen", "mask_convention"]) == {"nlm"}
+    assert table[["dice_native_mean", "dice_native_min", "dice_post_effusion_mean"]].apply(lambda c: c.between(0, 1)).all().all()
+    images = pd.read_csv(reports / "segmentation_cross_source_images.csv")
+    assert len(images) == len(CROSS_SOURCE_VARIANTS) * 24
+    # the reference chain was really preprocessed differently from the robust recipe
+    feature = kedro_project / "data/04_feature/cross_source_shared_data"
+    some_image = sorted((feature / "robust" / "images").rglob("*.png"))[0].relative_to(feature / "robust")
+    assert (feature / "robust" / some_image).read_bytes() != (feature / "reference_chain" / some_image).read_bytes()
+
+    mlflow.set_tracking_uri(f"sqlite:///{kedro_project / 'mlflow.db'}")
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    names = {run.info.run_name: run for run in runs}
+    for variant in CROSS_SOURCE_VARIANTS:
+        run = names[f"segmentation_cross_source.{variant}"]
+        assert "cross_dice_native_post_shenzhen" in run.data.metrics
