@@ -95,3 +95,16 @@ def test_unknown_model_name_is_a_clear_error() -> None:
 def test_input_size_must_survive_the_poolings() -> None:
     with pytest.raises(ValueError, match="divisible by 16"):
         build_unet(input_size=40, base_filters=4, dropout_rate=0.0, batch_norm=False)
+
+
+def test_ensemble_averages_its_members_and_survives_a_save(tmp_path):
+    from covid_imaging.segmentation.models import build_ensemble
+
+    members = [build_segmentation_model(name, input_size=32, base_filters=4) for name in ("unet", "unet", "fcn")]
+    ensemble = build_ensemble(members)
+    images = np.random.default_rng(0).random((2, 32, 32, 1)).astype("float32")
+    expected = np.mean([member.predict_on_batch(images) for member in members], axis=0)
+    np.testing.assert_allclose(ensemble.predict_on_batch(images), expected, atol=1e-6)
+    ensemble.save(tmp_path / "ensemble.keras")
+    loaded = keras.models.load_model(tmp_path / "ensemble.keras", compile=False)
+    np.testing.assert_allclose(loaded.predict_on_batch(images), expected, atol=1e-6)

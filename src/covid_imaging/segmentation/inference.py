@@ -99,8 +99,10 @@ def score_images(
     """
     records, samples = [], []
     native = raw_files is not None and preprocessing_params is not None
+    # The model's own input size: one fact, whatever the parameters say (an ensemble has none).
+    image_size = int(model.input_shape[1])
     for row, image, mask, probability_map in predict_batches(
-        model, rows, int(data_params["image_size"]), int(data_params["batch_size"]), transform
+        model, rows, image_size, int(data_params["batch_size"]), transform
     ):
         postprocessed = postprocess_probability_map(probability_map, postprocessing_params)
         record = {

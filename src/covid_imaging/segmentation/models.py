@@ -213,6 +213,25 @@ MODEL_BUILDERS: dict[str, Callable[..., keras.Model]] = {
 }
 
 
+def build_ensemble(members: Sequence[keras.Model], name: str = "ensemble") -> keras.Model:
+    """One model that averages the probability maps of ``members`` (same input size).
+
+    A plain Keras model, so it predicts, saves and loads like any member and can stand
+    in for one wherever a lung mask is needed.
+    """
+    if not members:
+        raise ValueError("An ensemble needs at least one member model.")
+    shapes = {tuple(member.input_shape[1:]) for member in members}
+    if len(shapes) != 1:
+        raise ValueError(f"Ensemble members need one input shape, got {sorted(shapes)}.")
+    image = keras.Input(shape=next(iter(shapes)), name="image")
+    for index, member in enumerate(members):
+        member.name = f"{member.name}_{index}" if any(m.name == member.name for m in members[:index]) else member.name
+    outputs = [member(image) for member in members]
+    average = outputs[0] if len(outputs) == 1 else layers.Average(dtype="float32", name="mean_probability")(outputs)
+    return keras.Model(image, average, name=name)
+
+
 def build_segmentation_model(name: str, **kwargs: object) -> keras.Model:
     """Build the model registered as ``name`` in ``MODEL_BUILDERS`` with ``kwargs``.
 

@@ -20,7 +20,7 @@ from covid_imaging.segmentation.metrics import (
     metric_columns,
     summarise_segmentation_metrics,
 )
-from covid_imaging.segmentation.models import build_segmentation_model
+from covid_imaging.segmentation.models import build_ensemble, build_segmentation_model
 from covid_imaging.segmentation.plots import plot_sample_predictions, plot_training_curves
 from covid_imaging.segmentation.training import (
     configure_device,
@@ -218,6 +218,11 @@ def compare_segmentation_models(**summaries: pd.DataFrame) -> pd.DataFrame:
     )
     logger.info("Segmentation comparison (test split):\n%s", table.to_string(index=False, float_format="%.3f"))
     return table
+
+
+def combine_models(**models: keras.Model) -> keras.Model:
+    """The models' mean probability map, as one Keras model (``build_ensemble``)."""
+    return build_ensemble(list(models.values()))
 
 
 def training_curves(history: dict[str, list[float]]) -> Figure:
