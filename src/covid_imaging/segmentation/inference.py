@@ -93,8 +93,8 @@ def score_images(
     """Per-image metrics of ``model`` on ``rows``: at model size and, with raw files, at native size.
 
     Returns the table (``image_id``, ``source``, ``mask_convention``, ``dice_raw`` ...
-    ``mse``, and ``dice_native_raw``, ``dice_native_post``, ``iou_native_post`` when
-    ``raw_files`` is given) and up to ``keep_samples`` ``(image, mask, probability,
+    ``mse``, and ``dice_native_raw``, ``dice_native_post``, ``iou_native_post``,
+    ``area_ratio_native_post`` when ``raw_files`` is given) and up to ``keep_samples`` ``(image, mask, probability,
     post-processed)`` tuples for figures.
     """
     records, samples = [], []
@@ -120,6 +120,9 @@ def score_images(
                 "dice_native_raw": dice_score(native_map > 0.5, truth),
                 "dice_native_post": dice_score(native_mask, truth),
                 "iou_native_post": iou_score(native_mask, truth),
+                # > 1: the mask reaches beyond the annotated lung (e.g. behind the heart,
+                # which only V7 masks include); < 1: it misses lung (opacities, borders).
+                "area_ratio_native_post": float(np.count_nonzero(native_mask)) / max(1, int(truth.sum())),
             }
         records.append(record)
         if len(samples) < keep_samples:
