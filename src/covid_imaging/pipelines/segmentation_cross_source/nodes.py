@@ -35,6 +35,7 @@ CROSS_SOURCE_DEFAULTS: dict[str, Any] = {
     "model": "unet",  # the segmentation.<model> block trained in every fold
     "output_root": "data/04_feature/cross_source",
     "min_images_per_source": 10,  # sources with fewer masks are neither held out nor dropped
+    "training": {},  # overrides of the model's training block, the same for every recipe
     "stress_test": dict(STRESS_TEST_DEFAULTS),
 }
 
@@ -129,6 +130,9 @@ def run_cross_source_folds(
     augmentation = merge_params(
         model_params["augmentation"], recipe["augmentation"], where=f"segmentation_cross_source.variants.{variant}.augmentation"
     )
+    # Not merge_params: the model's training block is itself partial (merged over the
+    # library defaults when the model is trained).
+    training = {**model_params["training"], **settings["training"]}
     stress = merge_params(STRESS_TEST_DEFAULTS, settings["stress_test"], where="segmentation_cross_source.stress_test")
     sources = held_out_sources(images, int(settings["min_images_per_source"]))
     if len(sources) < 2:
@@ -143,9 +147,7 @@ def run_cross_source_folds(
             "Cross-source %s: hold out %s (%d images), train on %s", variant, held_out, len(test_rows),
             train_rows["source"].value_counts().to_dict(),
         )
-        model, _history = train_segmentation(
-            train_rows, model_params["model"], model_params["training"], augmentation, model_params["data"]
-        )
+        model, _history = train_segmentation(train_rows, model_params["model"], training, augmentation, model_params["data"])
         per_image, _ = score_images(
             model, test_rows, model_params["data"], model_params["postprocessing"], preprocessing, raw_files
         )
