@@ -253,8 +253,8 @@ def build_hostile_files(folder: HostileFolder) -> None:  # noqa: PLR0915 - one l
         ("16-bit PNG with 12-bit content", "odd_16bit.png", png(odd.astype(np.uint16) * 16)),
         ("CMYK JPEG", "odd_cmyk.jpg", pil_bytes(Image.fromarray(odd).convert("CMYK"), "JPEG", quality=95)),
         ("progressive JPEG", "odd_progressive.jpg", pil_bytes(Image.fromarray(odd), "JPEG", progressive=True)),
-        ("1-bit DICOM", "odd_dicom_1bit.dcm", dicom(ramp, bits=1, pixel_bytes=np.packbits(
-            (ramp % 2).astype(np.uint8).ravel(), bitorder="little").tobytes())),
+        ("1-bit DICOM", "odd_dicom_1bit.dcm", dicom(ramp, bits=1, pixel_bytes=np.packbits(  # stripes 7 px wide
+            (ramp // 140 % 2).astype(np.uint8).ravel(), bitorder="little").tobytes())),
         ("32-bit DICOM", "odd_dicom_32bit.dcm", dicom(ramp.astype(np.uint32) * 1000, bits=32)),
         ("8-bit DICOM", "odd_dicom_8bit.dcm", dicom((ramp // 256).astype(np.uint8), bits=8)),
         ("file name with a comma, quote and newline", 'odd_"quoted", name\nline.png', png(f.image())),

@@ -118,3 +118,53 @@ def test_native_size_restore_inverts_the_square_resize(mode, shape):
     assert native.shape == shape
     overlap = 2 * np.logical_and(native, mask > 0).sum() / (native.sum() + (mask > 0).sum())
     assert overlap > 0.95
+
+
+@pytest.mark.parametrize("mode", ["pad", "stretch"])
+@pytest.mark.parametrize("shape", [(3, 4000), (4000, 3), (2, 5000)])
+def test_extreme_aspect_ratios_give_a_full_square_and_a_non_empty_content_box(mode, shape):
+    """A 4000 x 3 sliver scales to 0.19 rows at 256 px: the content box is clamped to 1 row."""
+    gray = chest_like_image(shape)
+    box = square_geometry(*shape, 256, mode)
+    assert box.content_height >= 1 and box.content_width >= 1
+    result = preprocess_gray(gray, PreprocessingConfig.from_params({"resize": {"size": 256, "mode": mode}}))
+    assert result.shape == (256, 256) and result.dtype == np.uint8
+    mask = np.zeros(shape, np.uint8)
+    mask[:, : shape[1] // 2] = 255
+    assert set(np.unique(resize_mask(mask, 256, mode))) <= {0, 255}
+    native = restore_native_size(np.ones((256, 256), np.float32), *shape, mode)
+    assert native.shape == shape
+
+
+def test_images_accepted_over_the_default_pixel_budget_are_preprocessed():
+    """Ingestion told to accept more than the default budget: preprocessing follows it.
+
+    It used to decode with the default 50 M pixels and stop the run with
+    PixelBudgetError on an image that ``ingestion.max_pixels`` had accepted.
+    """
+    import pandas as pd
+
+    from covid_imaging.imaging.io import DEFAULT_MAX_PIXELS, PixelBudgetError, decode_gray
+    from covid_imaging.pipelines.preprocessing.nodes import preprocess_images
+    from tests.fuzz.bad_inputs import png, png_declaring
+
+    side = 7200  # 51.8 M pixels, just over the default budget
+    assert side * side > DEFAULT_MAX_PIXELS
+    big = np.zeros((side, side), np.uint8)
+    big[side // 4 : 3 * side // 4, side // 4 : 3 * side // 4] = 200
+    big_png = png(big)
+    del big
+    mask_png = png(np.pad(np.full((36, 36), 255, np.uint8), 18))
+    files = {"big.png": lambda: big_png, "big_mask.png": lambda: mask_png,
+             "bomb.png": lambda: png_declaring(30000, 30000), "bomb_mask.png": lambda: mask_png}
+    manifest = pd.DataFrame([
+        {"image_id": "big", "image_key": "big.png", "mask_key": "big_mask.png", "width": side, "height": side},
+        # the file changed since ingestion: it now declares far more than was accepted
+        {"image_id": "bomb", "image_key": "bomb.png", "mask_key": "bomb_mask.png", "width": 64, "height": 48},
+    ])
+    outputs = preprocess_images(manifest, files, {"resize": {"size": 64}})
+    image = decode_gray(outputs["images/big"]())
+    assert image.shape == (64, 64) and image[32, 32] > image[2, 2]
+    assert set(np.unique(decode_gray(outputs["masks/big"]()))) == {0, 255}
+    with pytest.raises(PixelBudgetError, match="30000×30000"):  # still checked before decoding
+        outputs["images/bomb"]()
