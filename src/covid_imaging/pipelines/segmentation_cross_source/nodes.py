@@ -40,8 +40,14 @@ CROSS_SOURCE_DEFAULTS: dict[str, Any] = {
 }
 
 
+FREE_FORM_KEYS = ("variants", "training")  # checked against the blocks they override
+
+
 def _settings(params: dict[str, Any]) -> dict[str, Any]:
-    return merge_params(CROSS_SOURCE_DEFAULTS, {k: v for k, v in params.items() if k != "variants"}, where="segmentation_cross_source")
+    checked = {key: value for key, value in params.items() if key not in FREE_FORM_KEYS}
+    settings = merge_params(CROSS_SOURCE_DEFAULTS, checked, where="segmentation_cross_source")
+    settings["training"] = dict(params.get("training") or {})
+    return settings
 
 
 def _variant(params: dict[str, Any], variant: str) -> dict[str, Any]:
