@@ -10,6 +10,7 @@ from __future__ import annotations
 from kedro.pipeline import Pipeline, node, pipeline
 
 from covid_imaging.pipelines.segmentation.nodes import (
+    combine_models,
     compare_segmentation_models,
     evaluate_on_test,
     select_segmentation_images,
@@ -22,6 +23,8 @@ from covid_imaging.pipelines.segmentation.nodes import (
 # The models trained by `kedro run --pipeline=segmentation`; each needs a builder in
 # MODEL_BUILDERS and a block in conf/base/parameters/segmentation.yml.
 SEGMENTATION_MODELS = ("unet", "fcn", "deeplabv3")
+# The mean of the trained models' probability maps, evaluated (and saved) like a model.
+ENSEMBLE = "ensemble"
 
 
 def model_template() -> Pipeline:
@@ -35,23 +38,44 @@ def model_template() -> Pipeline:
                 name="train",
             ),
             node(training_curves, "training_history", "training_curves", name="plot_training_curves"),
-            node(
-                evaluate_on_test,
-                [
-                    "model", "segmentation_images", "raw_images@files",
-                    "params:data", "params:postprocessing", "params:preprocessing",
-                ],
-                ["per_image_metrics", "test_metrics", "sample_predictions"],
-                name="evaluate_on_test",
-            ),
-            node(summarise_metrics, "per_image_metrics", "metrics_summary", name="summarise_metrics"),
-            node(
-                stress_test,
-                ["model", "segmentation_images", "params:data", "params:postprocessing", "params:stress_test"],
-                ["stress_test", "stress_metrics"],
-                name="stress_test",
-            ),
+            *evaluation_nodes(),
         ]
+    )
+
+
+def evaluation_nodes() -> list:
+    """Evaluate → summarise → stress test, for a trained ``model`` (names are namespaced later)."""
+    return [
+        node(
+            evaluate_on_test,
+            [
+                "model", "segmentation_images", "raw_images@files",
+                "params:data", "params:postprocessing", "params:preprocessing",
+            ],
+            ["per_image_metrics", "test_metrics", "sample_predictions"],
+            name="evaluate_on_test",
+        ),
+        node(summarise_metrics, "per_image_metrics", "metrics_summary", name="summarise_metrics"),
+        node(
+            stress_test,
+            ["model", "segmentation_images", "params:data", "params:postprocessing", "params:stress_test"],
+            ["stress_test", "stress_metrics"],
+            name="stress_test",
+        ),
+    ]
+
+
+def ensemble_pipeline(models: tuple[str, ...]) -> Pipeline:
+    """The mean probability map of the trained models, evaluated like one of them."""
+    template = pipeline(
+        [node(combine_models, {name: f"member_{name}" for name in models}, "model", name="combine_models"),
+         *evaluation_nodes()]
+    )
+    return pipeline(
+        template,
+        namespace=f"segmentation.{ENSEMBLE}",
+        inputs={f"member_{name}": f"segmentation.{name}.model" for name in models} | {name: name for name in SHARED_INPUTS},
+        parameters=SHARED_PARAMETERS,
     )
 
 
@@ -77,11 +101,14 @@ def create_pipeline(models: tuple[str, ...] = SEGMENTATION_MODELS, compare: bool
         )
         for name in models
     ]
+    evaluated = (*models, ENSEMBLE) if compare and len(models) > 1 else models
+    if evaluated != models:
+        per_model.append(ensemble_pipeline(models))
     compare_pipeline = pipeline(
         [
             node(
                 compare_segmentation_models,
-                {name: f"segmentation.{name}.metrics_summary" for name in models},
+                {name: f"segmentation.{name}.metrics_summary" for name in evaluated},
                 "segmentation_comparison",
                 name="compare_segmentation_models",
             )
