@@ -29,9 +29,13 @@ from kedro.pipeline import Node
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
+from covid_imaging.registry import namespace_roots
+
 logger = logging.getLogger(__name__)
 
-TRACKED_NAMESPACE_ROOTS = ("segmentation", "segmentation_cross_source", "classification")
+# Every registry family's namespace root (segmentation, classification, ct_classification),
+# plus the cross-source segmentation pipeline's runs (one per training recipe, not a model).
+TRACKED_NAMESPACE_ROOTS = (*namespace_roots(), "segmentation_cross_source")
 MAX_PARAM_LENGTH = 6000
 REPORTS_TO_ANNOUNCE = ("segmentation_comparison", "segmentation_cross_source", "classification_comparison", "shortcut_audit", "rejected_files")
 

@@ -11,6 +11,7 @@ from covid_imaging.classification import models
 from covid_imaging.classification.layers import ImageNetPreprocessing, RepeatChannels
 from covid_imaging.classification.models import (
     CLASSIFIER_BUILDERS,
+    build_basic_cnn,
     build_classifier,
     build_hrnet,
     build_keras_application,
@@ -27,10 +28,14 @@ TINY_BUILDS = {
     "alexnet": {"input_size": 32, "dense_units": 32},
     "hrnet": {"input_size": 32, "small": True},
     "resnet50": {"input_size": 32},
+    "resnet101": {"input_size": 32},
     "resnet152": {"input_size": 32},
     "densenet121": {"input_size": 32},
+    "densenet201": {"input_size": 32},
     "efficientnetb4": {"input_size": 32},
     "vgg16": {"input_size": 32},
+    "vgg19": {"input_size": 32},
+    "mobilenet": {"input_size": 32},
     "mobilenetv2": {"input_size": 32},
     "inceptionv3": {"input_size": 75},
 }
@@ -205,3 +210,96 @@ def test_hrnet_small_has_fewer_modules_and_blocks():
 def test_hrnet_rejects_sizes_that_do_not_halve_cleanly():
     with pytest.raises(ValueError, match="multiple of 32"):
         build_hrnet(3, input_size=48)
+
+
+# ------------------------------------------------------------ CT study builders
+
+
+def _layer_kinds(model: keras.Model) -> list[str]:
+    return [type(layer).__name__ for layer in model.layers]
+
+
+def test_basic_cnn_has_the_reference_layer_structure():
+    model = build_basic_cnn(2)  # reference: 32 x 32 gray slices, COVID-19 vs non-COVID
+    assert model.input_shape == (None, 32, 32, 1)
+    kinds = _layer_kinds(model)
+    assert kinds[0] == "InputLayer"
+    # 3 x [Conv2D -> MaxPool -> Dropout]
+    assert kinds[1:10] == ["Conv2D", "MaxPooling2D", "Dropout"] * 3
+    assert kinds[10] == "Flatten"
+    # 4 x [Dense 512 ReLU -> Dropout], then 3 x Dense 512 ReLU
+    assert kinds[11:19] == ["Dense", "Dropout"] * 4
+    assert kinds[19:22] == ["Dense"] * 3
+    hidden = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)][:-1]
+    assert len(hidden) == 7
+    assert all(layer.units == 512 and layer.activation is keras.activations.relu for layer in hidden)
+    # one sigmoid output unit, exposed as [1 - p, p] by a parameter-free layer
+    head = model.get_layer("classifier")
+    assert head.units == 1 and head.activation is keras.activations.sigmoid
+    assert kinds[22:] == ["Dense", "SigmoidToTwoClasses"]
+    assert model.layers[-1].count_params() == 0
+    assert sum(kind == "Dense" for kind in kinds) == 8 and sum(k == "Conv2D" for k in kinds) == 3
+
+
+def test_basic_cnn_two_class_output_is_one_minus_p_and_p_and_trains_as_bce():
+    model = build_basic_cnn(2, input_size=32, filters=(4, 8, 8), dense_units=8)
+    images, _ = random_batch(32, n=4)
+    labels = np.array([0, 1, 1, 0])
+    probabilities = np.asarray(model(images, training=False))
+    p = np.asarray(keras.Model(model.input, model.get_layer("classifier").output)(images, training=False))
+    np.testing.assert_allclose(probabilities, np.concatenate([1 - p, p], axis=1), rtol=1e-6)
+    # sparse categorical cross-entropy on [1 - p, p] is binary cross-entropy on p
+    sparse = keras.losses.SparseCategoricalCrossentropy()(labels, probabilities)
+    bce = keras.losses.BinaryCrossentropy()(labels[:, None].astype("float32"), p)
+    np.testing.assert_allclose(float(sparse), float(bce), rtol=1e-4)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", run_eagerly=True)
+    assert np.isfinite(model.train_on_batch(images, labels))
+
+
+def test_basic_cnn_round_trips_through_a_keras_file(tmp_path):
+    model = build_basic_cnn(2, input_size=32, filters=(4, 8, 8), dense_units=8)
+    model.save(tmp_path / "basic.keras")
+    reloaded = keras.saving.load_model(tmp_path / "basic.keras")
+    images, _ = random_batch(32, n=2)
+    np.testing.assert_allclose(np.asarray(reloaded(images)), np.asarray(model(images)), rtol=1e-5, atol=1e-6)
+
+
+def test_basic_cnn_loads_whole_model_weights_from_a_path(tmp_path):
+    trained = build_basic_cnn(2, filters=(4, 8, 8), dense_units=8)
+    path = tmp_path / "basic.weights.h5"
+    trained.save_weights(path)
+    reloaded = build_basic_cnn(2, filters=(4, 8, 8), dense_units=8, weights=path)
+    assert weights_equal(trained.get_weights(), reloaded.get_weights())
+    with pytest.raises(ValueError, match="No ImageNet weights"):
+        build_basic_cnn(2, weights="imagenet")
+
+
+def test_alexnet_accepts_its_reference_input_size():
+    model = build_classifier("alexnet", n_classes=2, input_size=227, dense_units=8)
+    assert model.input_shape == (None, 227, 227, 1)
+    assert model.output_shape == (None, 2)
+
+
+@pytest.mark.parametrize(
+    ("name", "preprocessing"),
+    [("vgg19", "caffe"), ("resnet101", "caffe"), ("densenet201", "torch"), ("mobilenet", "tf")],
+)
+def test_new_backbones_forward_imagenet_weights_and_freeze_without_downloading(monkeypatch, name, preprocessing):
+    requested = {}
+    spec = models.KERAS_APPLICATIONS[name]
+    assert spec.preprocessing_mode == preprocessing
+
+    def fake_constructor(**kwargs):
+        requested.update(kwargs)
+        return spec.constructor(**{**kwargs, "weights": None})  # no download
+
+    fake_specs = dict(models.KERAS_APPLICATIONS)
+    fake_specs[name] = dataclasses.replace(spec, constructor=fake_constructor)
+    monkeypatch.setattr(models, "KERAS_APPLICATIONS", types.MappingProxyType(fake_specs))
+
+    model = build_classifier(name, n_classes=2, input_size=32, weights="imagenet")
+    assert requested["weights"] == "imagenet" and requested["include_top"] is False
+    assert model.get_layer(name).trainable is False
+    assert model.get_layer("imagenet_preprocessing").mode == preprocessing
+    random_init = build_classifier(name, n_classes=2, input_size=32, weights=None)
+    assert random_init.get_layer(name).trainable_weights  # nothing pretrained to protect

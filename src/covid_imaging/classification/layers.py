@@ -77,3 +77,19 @@ class ImageNetPreprocessing(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:  # noqa: D102
         return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package="covid_imaging")
+class SigmoidToTwoClasses(keras.layers.Layer):
+    """Map one sigmoid probability ``p`` (shape ``(..., 1)``) to ``[1 - p, p]``.
+
+    Lets a binary sigmoid model (the CT basic CNN) share the N-class evaluation,
+    Grad-CAM and training code: sparse categorical cross-entropy on ``[1 - p, p]`` is
+    binary cross-entropy on ``p``.
+    """
+
+    def call(self, inputs):  # noqa: D102
+        return keras.ops.concatenate([1.0 - inputs, inputs], axis=-1)
+
+    def compute_output_shape(self, input_shape):  # noqa: D102
+        return (*input_shape[:-1], 2)

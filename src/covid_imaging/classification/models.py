@@ -1,8 +1,14 @@
 """Keras 3 classifier builders for chest X-ray and lung CT images.
 
 Every builder takes ``(input_size, input_size, channels)`` float32 images in [0, 1]
-(gray images: ``channels=1``) and ends in a softmax ``Dense`` layer named
-``"classifier"`` so that :mod:`covid_imaging.classification.transfer` can swap heads.
+(gray images: ``channels=1``), outputs one probability per class (rows sum to 1) and
+has its last ``Dense`` layer named ``"classifier"`` so that
+:mod:`covid_imaging.classification.transfer` can swap heads. That layer is a softmax
+over the classes, except in the basic CNN with two classes: there it is the
+reference's single sigmoid unit, followed by a parameter-free layer that outputs
+``[1 - p, p]`` (sparse categorical cross-entropy on that is binary cross-entropy on p).
+Which model uses which builder, at which size, is declared in the model registry
+(:mod:`covid_imaging.registry`).
 All layers have explicit, deterministic names: two models built from the same
 arguments have the same layer names, which is what weight transfer matches on.
 
@@ -27,7 +33,11 @@ from types import MappingProxyType
 
 import keras
 
-from covid_imaging.classification.layers import ImageNetPreprocessing, RepeatChannels
+from covid_imaging.classification.layers import (
+    ImageNetPreprocessing,
+    RepeatChannels,
+    SigmoidToTwoClasses,
+)
 
 WeightsSpec = str | os.PathLike | None
 
@@ -47,12 +57,16 @@ class KerasApplicationSpec:
 KERAS_APPLICATIONS: Mapping[str, KerasApplicationSpec] = MappingProxyType(
     {
         "resnet50": KerasApplicationSpec(keras.applications.ResNet50, "caffe", 32),
+        "resnet101": KerasApplicationSpec(keras.applications.ResNet101, "caffe", 32),
         "resnet152": KerasApplicationSpec(keras.applications.ResNet152, "caffe", 32),
         "densenet121": KerasApplicationSpec(keras.applications.DenseNet121, "torch", 32),
+        "densenet201": KerasApplicationSpec(keras.applications.DenseNet201, "torch", 32),
         "efficientnetb4": KerasApplicationSpec(
             keras.applications.EfficientNetB4, "scale_to_255", 32
         ),
         "vgg16": KerasApplicationSpec(keras.applications.VGG16, "caffe", 32),
+        "vgg19": KerasApplicationSpec(keras.applications.VGG19, "caffe", 32),
+        "mobilenet": KerasApplicationSpec(keras.applications.MobileNet, "tf", 32),
         "mobilenetv2": KerasApplicationSpec(keras.applications.MobileNetV2, "tf", 32),
         "inceptionv3": KerasApplicationSpec(keras.applications.InceptionV3, "tf", 75),
     }
@@ -154,26 +168,47 @@ def build_simple_cnn(
 
 
 def build_basic_cnn(
-    n_classes: int,
-    input_size: int = 224,
+    n_classes: int = 2,
+    input_size: int = 32,
     channels: int = 1,
-    filters: Sequence[int] = (16, 32, 64),
-    dense_units: int = 64,
-    dropout: float = 0.3,
+    filters: Sequence[int] = (32, 64, 128),
+    conv_dropout: float = 0.25,
+    dense_units: int = 512,
+    dense_dropout: float = 0.5,
+    n_dense_with_dropout: int = 4,
+    n_dense: int = 3,
     weights: WeightsSpec = None,
 ) -> keras.Model:
-    """The CT study's basic CNN baseline: three conv/pool blocks, GAP, small dense head."""
-    return build_simple_cnn(
-        n_classes,
-        input_size=input_size,
-        channels=channels,
-        filters=filters,
-        dense_units=dense_units,
-        dropout=dropout,
-        flatten=False,
-        weights=weights,
-        name="basic_cnn",
-    )
+    """The CT study's basic CNN (reference input 32 x 32).
+
+    ``len(filters)`` x [3x3 ReLU Conv2D -> 2x2 MaxPool -> Dropout], flatten, then
+    ``n_dense_with_dropout`` x [Dense ``dense_units`` ReLU -> Dropout], ``n_dense`` x
+    Dense ``dense_units`` ReLU, and the output: with two classes one sigmoid unit (the
+    reference; binary cross-entropy), exposed as ``[1 - p, p]``; with more, a softmax.
+    Defaults are the reference's 3 blocks, 4 + 3 dense layers of 512.
+    """
+    _check_common_args(n_classes, input_size, channels, min_size=2 ** len(filters))
+    inputs = _image_input(input_size, channels)
+    x = inputs
+    for index, n_filters in enumerate(filters, start=1):
+        x = keras.layers.Conv2D(
+            n_filters, 3, padding="same", activation="relu", name=f"conv{index}"
+        )(x)
+        x = keras.layers.MaxPooling2D(2, name=f"pool{index}")(x)
+        x = keras.layers.Dropout(conv_dropout, name=f"conv_dropout{index}")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    for index in range(1, n_dense_with_dropout + n_dense + 1):
+        x = keras.layers.Dense(dense_units, activation="relu", name=f"dense{index}")(x)
+        if index <= n_dense_with_dropout:
+            x = keras.layers.Dropout(dense_dropout, name=f"dense_dropout{index}")(x)
+    if n_classes == 2:
+        p = keras.layers.Dense(1, activation="sigmoid", name=CLASSIFIER_LAYER_NAME)(x)
+        outputs = SigmoidToTwoClasses(name="probabilities")(p)
+    else:
+        outputs = keras.layers.Dense(
+            n_classes, activation="softmax", name=CLASSIFIER_LAYER_NAME
+        )(x)
+    return _load_custom_model_weights(keras.Model(inputs, outputs, name="basic_cnn"), weights)
 
 
 def build_alexnet(
@@ -184,7 +219,7 @@ def build_alexnet(
     dropout: float = 0.5,
     weights: WeightsSpec = None,
 ) -> keras.Model:
-    """AlexNet written with Keras layers.
+    """AlexNet written with Keras layers (reference input 227 x 227).
 
     Batch normalisation stands in for the original local response normalisation, and
     "same" padding lets the network accept small inputs (32 px upwards).
@@ -492,7 +527,7 @@ def build_hrnet(
     return _load_custom_model_weights(keras.Model(inputs, outputs, name=name), weights)
 
 
-# --------------------------------------------------------------------- registry
+# ------------------------------------------------------------- builders by name
 
 
 CLASSIFIER_BUILDERS: Mapping[str, Callable[..., keras.Model]] = MappingProxyType(

@@ -72,3 +72,12 @@ def test_shortcut_audit_says_so_plainly_when_the_lungless_model_beats_chance():
     assert audit["lungless_above_chance"] and "without seeing the lungs" in audit["verdict"]
     at_chance = audit_shortcuts(real, {"test_accuracy": 0.35, "test_balanced_accuracy": 0.34}, {"n_classes": 3, "chance_margin": 0.1})
     assert not at_chance["lungless_above_chance"]
+
+
+def test_shortcut_audit_chance_level_comes_from_the_audited_models_classes():
+    real = {"test_accuracy": 0.9, "test_balanced_accuracy": 0.88}
+    lungless = {"test_accuracy": 0.6, "test_balanced_accuracy": 0.6}
+    three = audit_shortcuts(real, lungless, {"chance_margin": 0.1}, {"classes": ["normal", "bacterial", "covid"]})
+    two = audit_shortcuts(real, lungless, {"chance_margin": 0.1}, {"classes": ["normal", "covid"]})
+    assert three["chance_level"] == pytest.approx(1 / 3) and three["lungless_above_chance"]
+    assert two["chance_level"] == pytest.approx(0.5) and not two["lungless_above_chance"]

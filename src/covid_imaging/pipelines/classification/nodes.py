@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable
 from functools import partial
@@ -35,6 +36,13 @@ from covid_imaging.classification.training import (
 )
 from covid_imaging.classification.transfer import transfer_weights
 from covid_imaging.imaging.io import decode_gray, encode_png
+from covid_imaging.registry import (
+    MODALITIES,
+    ModalityError,
+    check_modality,
+    modality_of_task,
+    with_modality,
+)
 from covid_imaging.segmentation.postprocessing import postprocess_probability_map
 
 matplotlib.use("Agg")
@@ -42,17 +50,63 @@ logger = logging.getLogger(__name__)
 
 Loaders = dict[str, Callable[[], bytes]]
 IMAGE_VARIANTS = {"lungs": "lungs_path", "whole": "image_path", "lungless": "lungless_path"}
+NON_BUILDER_MODEL_KEYS = ("builder", "strategy", "unfreeze_last_n", "transfer_from", "audit_of")
 
 
 # ------------------------------------------------------------------ lung masking
 
 
-def select_classification_images(model_input_table: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
-    """Rows of the manifest tasks used for classification (``classification_data.tasks``)."""
+def select_classification_images(
+    model_input_table: pd.DataFrame, params: dict[str, Any], modality: str = "cxr"
+) -> pd.DataFrame:
+    """Rows of the manifest tasks used for classification (``classification_data.tasks``),
+    with their ``modality`` column. Every configured task must be of ``modality`` (chest
+    X-ray by default): listing a CT task for the X-ray classifiers is an error, never a
+    silent merge of CT ``covid`` slices into the X-ray ``covid`` class."""
+    other = {task: modality_of_task(task) for task in params["tasks"] if modality_of_task(task) != modality}
+    if other:
+        raise ModalityError(
+            f"classification_data.tasks lists {other}, but these classifiers take {modality} images only"
+        )
     table = model_input_table[model_input_table["task"].isin(params["tasks"])].reset_index(drop=True)
     if table.empty:
         raise ValueError(f"No images of tasks {params['tasks']} for classification; check classification_data.tasks")
-    return table
+    return check_modality(with_modality(table), modality, "select_classification_images")
+
+
+class ModalityGuarded:
+    """A node function that refuses a table holding images of another modality.
+
+    ``ModalityGuarded(train_classification_model, "cxr")`` behaves like the function
+    (same name and signature, so Kedro binds its inputs the same way) but first checks
+    that every row of its table argument (``inputs``) is of the model's modality; the
+    classification pipelines wrap every per-model node with the modality of the model's
+    registry family.
+    """
+
+    def __init__(self, func: Callable[..., Any], modality: str, argument: str = "inputs") -> None:
+        if modality not in MODALITIES:
+            raise ModalityError(f"Unknown modality {modality!r}; expected one of {MODALITIES}")
+        signature = inspect.signature(func)
+        if argument not in signature.parameters:
+            raise TypeError(f"{func.__name__} has no argument {argument!r} to guard")
+        self.func, self.modality, self.argument = func, modality, argument
+        self.__name__ = func.__name__
+        self.__qualname__ = func.__qualname__
+        self.__module__ = func.__module__
+        self.__doc__ = func.__doc__
+        self.__signature__ = signature
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        table = self.__signature__.bind(*args, **kwargs).arguments[self.argument]
+        check_modality(table, self.modality, f"{self.__name__} ({self.modality} model)")
+        return self.func(*args, **kwargs)
+
+    def __reduce__(self):  # picklable for parallel runners
+        return (ModalityGuarded, (self.func, self.modality, self.argument))
+
+    def __repr__(self) -> str:
+        return f"ModalityGuarded({self.__name__}, {self.modality!r})"
 
 
 def _predict_lung_masks(
@@ -174,7 +228,8 @@ def _dataset(rows: pd.DataFrame, data: dict[str, Any], training: bool):
 
 
 def _build(model_params: dict[str, Any], data: dict[str, Any]) -> keras.Model:
-    options = {k: v for k, v in model_params.items() if k not in ("builder", "strategy", "unfreeze_last_n")}
+    # Registry and strategy keys are not builder arguments (see covid_imaging.registry).
+    options = {k: v for k, v in model_params.items() if k not in NON_BUILDER_MODEL_KEYS}
     if "freeze_base" in options:
         options["freeze_base"] = _strategy(model_params) == "two_phase"
     return build_classifier(
@@ -332,12 +387,20 @@ def explain_with_gradcam(
 # ------------------------------------------------------------------ across models
 
 
-def audit_shortcuts(real_metrics: dict[str, float], lungless_metrics: dict[str, float], params: dict[str, Any]) -> dict[str, Any]:
-    """Compare the real classifier with the same classifier trained without the lungs."""
+def audit_shortcuts(
+    real_metrics: dict[str, float], lungless_metrics: dict[str, float], params: dict[str, Any],
+    data: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Compare the real classifier with the same classifier trained without the lungs.
+
+    The number of classes (chance level) is that of the audited model's ``data.classes``;
+    ``params["n_classes"]`` is used only when no ``data`` is given.
+    """
+    n_classes = len(data["classes"]) if data is not None else int(params["n_classes"])
     summary = shortcut_audit_summary(
         {"accuracy": real_metrics["test_accuracy"], "balanced_accuracy": real_metrics["test_balanced_accuracy"]},
         {"accuracy": lungless_metrics["test_accuracy"], "balanced_accuracy": lungless_metrics["test_balanced_accuracy"]},
-        n_classes=int(params["n_classes"]), chance_margin=float(params["chance_margin"]),
+        n_classes=n_classes, chance_margin=float(params["chance_margin"]),
     )
     level = logging.WARNING if summary.get("lungless_above_chance") else logging.INFO
     logger.log(level, "Shortcut audit: %s", summary["verdict"])

@@ -1,22 +1,31 @@
 """Chest X-ray classification pipelines: lung masking, then one namespaced pipeline per model.
 
-Models (``classification.<name>``), from the two reference studies:
+The models are the registry's ``cxr_classification`` family (:mod:`covid_imaging.registry`,
+declared by the blocks under ``classification`` in ``conf/base/parameters``), each a
+namespaced pipeline ``classification.<name>``. Today, from the two reference studies:
 
 * ``simple_cnn_pneumonia`` (model_0): simple CNN on normal / bacterial / viral pneumonia;
 * ``simple_cnn_scratch`` (model_1): the same CNN from scratch on normal / bacterial / COVID-19;
-* ``simple_cnn_transfer`` (model_2): model_0's weights transferred, new head trained with
-  the rest frozen, then everything fine-tuned at 1e-4;
+* ``simple_cnn_transfer`` (model_2, ``transfer_from: simple_cnn_pneumonia``): model_0's
+  weights transferred, new head trained with the rest frozen, then everything fine-tuned
+  at 1e-4;
 * ``simple_cnn_unmasked``: model_1 on whole (unmasked) images, to compare masked vs unmasked;
-* ``lungless_audit``: model_1 on images with the lungs blacked out (shortcut audit);
+* ``lungless_audit`` (``audit_of: simple_cnn_scratch``): model_1 on images with the lungs
+  blacked out (shortcut audit);
 * ``resnet50``: new top on a frozen base, then the last 11 layers fine-tuned at 1e-4;
 * ``hrnet``: HRNet feature extractor + FC head, SGD with step decay.
+
+Every per-model node refuses images that are not chest X-rays (``ModalityGuarded``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from kedro.pipeline import Pipeline, node, pipeline
 
 from covid_imaging.pipelines.classification.nodes import (
+    ModalityGuarded,
     audit_shortcuts,
     build_classification_inputs,
     compare_classifiers,
@@ -27,30 +36,30 @@ from covid_imaging.pipelines.classification.nodes import (
     train_classification_model,
     transfer_and_fine_tune,
 )
+from covid_imaging.registry import FAMILIES, ModelSpec, RegistryError, load_registry
 
+FAMILY = "cxr_classification"
+NAMESPACE_ROOT = FAMILIES[FAMILY].namespace_root
+MODALITY = FAMILIES[FAMILY].modality
+_REGISTRY = load_registry()
 # name -> the model it transfers from (None: trained from its own initialisation)
-CLASSIFICATION_MODELS: dict[str, str | None] = {
-    "simple_cnn_pneumonia": None,
-    "simple_cnn_scratch": None,
-    "simple_cnn_transfer": "simple_cnn_pneumonia",
-    "simple_cnn_unmasked": None,
-    "lungless_audit": None,
-    "resnet50": None,
-    "hrnet": None,
-}
-LUNG_SEGMENTATION_MODEL = "unet"  # any of segmentation.MODEL_BUILDERS trained by the segmentation pipeline
+CLASSIFICATION_MODELS: dict[str, str | None] = {spec.name: spec.transfer_from for spec in _REGISTRY.models(FAMILY)}
+if _REGISTRY.lung_segmentation_model is None:
+    raise RegistryError("lung_masking.segmentation_model is not set in conf/base/parameters")
+# The registered segmentation model whose masks the classifiers use (lung_masking.segmentation_model)
+LUNG_SEGMENTATION_MODEL: str = _REGISTRY.lung_segmentation_model
 
 
-def _evaluation_nodes() -> list:
+def _evaluation_nodes(modality: str) -> list:
     return [
         node(
-            evaluate_classifier,
+            ModalityGuarded(evaluate_classifier, modality),
             ["model", "classification_inputs", "params:data", "params:evaluation"],
             ["metrics_report", "test_metrics", "confusion_matrix", "roc_curves", "predictions"],
             name="evaluate",
         ),
         node(
-            explain_with_gradcam,
+            ModalityGuarded(explain_with_gradcam, modality),
             ["model", "classification_inputs", "lung_masked_images", "params:data", "params:gradcam"],
             ["gradcam_overlays", "gradcam_metrics"],
             name="grad_cam",
@@ -58,28 +67,48 @@ def _evaluation_nodes() -> list:
     ]
 
 
-def model_template(source_model: str | None) -> Pipeline:
-    """Train (from scratch, two-phase, or by transfer) → evaluate → Grad-CAM."""
+def model_template(source_model: str | None, modality: str = MODALITY) -> Pipeline:
+    """Train (from scratch, two-phase, or by transfer) → evaluate → Grad-CAM, every node
+    guarded so that it only accepts images of ``modality``."""
     if source_model is None:
         train = node(
-            train_classification_model,
+            ModalityGuarded(train_classification_model, modality),
             ["classification_inputs", "params:model", "params:training", "params:data"],
             ["model", "training_history"],
             name="train",
         )
     else:
         train = node(
-            transfer_and_fine_tune,
+            ModalityGuarded(transfer_and_fine_tune, modality),
             ["classification_inputs", "source_model", "params:model", "params:training", "params:data"],
             ["model", "training_history"],
             name="transfer_and_fine_tune",
         )
-    return pipeline([train, *_evaluation_nodes()])
+    return pipeline([train, *_evaluation_nodes(modality)])
+
+
+def _specs(models: Iterable[str] | None) -> list[ModelSpec]:
+    """The registry's X-ray classifiers, or a subset of them by name (e.g. in tests)."""
+    specs = list(_REGISTRY.models(FAMILY))
+    if models is None:
+        return specs
+    models = set(models)
+    unknown = sorted(set(models) - {spec.name for spec in specs})
+    if unknown:
+        raise RegistryError(f"{unknown} are not registered {FAMILY} models: {[spec.name for spec in specs]}")
+    return [spec for spec in specs if spec.name in models]
 
 
 def create_pipeline(
-    models: dict[str, str | None] = CLASSIFICATION_MODELS, lung_model: str = LUNG_SEGMENTATION_MODEL, **kwargs
+    models: Iterable[str] | None = None, lung_model: str = LUNG_SEGMENTATION_MODEL, **kwargs
 ) -> Pipeline:
+    """Masking + one namespaced pipeline per registered X-ray classifier + comparison + audit.
+
+    ``models`` selects registered models by name (default: all of them); a model's
+    transfer source must be selected with it.
+    """
+    specs = _specs(models)
+    selected = {spec.name for spec in specs}
     masking = pipeline(
         [
             node(select_classification_images, ["model_input_table", "params:classification_data"],
@@ -94,22 +123,29 @@ def create_pipeline(
     )
     shared = {"classification_inputs", "lung_masked_images"}
     per_model = []
-    for name, source in models.items():
+    for spec in specs:
         inputs = {key: key for key in shared}
-        if source:
-            inputs["source_model"] = f"classification.{source}.model"
-        per_model.append(pipeline(model_template(source), namespace=f"classification.{name}", inputs=inputs))
+        if spec.transfer_from:
+            if spec.transfer_from not in selected:
+                raise RegistryError(f"{spec.namespace} transfers from {spec.transfer_from}, which is not selected")
+            inputs["source_model"] = f"{NAMESPACE_ROOT}.{spec.transfer_from}.model"
+        per_model.append(
+            pipeline(model_template(spec.transfer_from, spec.modality), namespace=spec.namespace, inputs=inputs)
+        )
     summary_inputs = {}
-    for name in models:
-        summary_inputs[f"{name}__test"] = f"classification.{name}.test_metrics"
-        summary_inputs[f"{name}__gradcam"] = f"classification.{name}.gradcam_metrics"
-    summary = pipeline(
-        [
-            node(compare_classifiers, summary_inputs, "classification_comparison", name="compare_classifiers"),
+    for spec in specs:
+        summary_inputs[f"{spec.name}__test"] = f"{spec.namespace}.test_metrics"
+        summary_inputs[f"{spec.name}__gradcam"] = f"{spec.namespace}.gradcam_metrics"
+    summary_nodes = [node(compare_classifiers, summary_inputs, "classification_comparison", name="compare_classifiers")]
+    audits = [(audited, audit) for audited, audit in _REGISTRY.shortcut_audits(FAMILY)
+              if {audited.name, audit.name} <= selected]
+    if len(audits) > 1:  # the catalog has one shortcut_audit report
+        raise RegistryError(f"One shortcut audit per family is supported, found {[a.name for _, a in audits]}")
+    for audited, audit in audits:
+        summary_nodes.append(
             node(audit_shortcuts,
-                 ["classification.simple_cnn_scratch.test_metrics", "classification.lungless_audit.test_metrics",
-                  "params:shortcut_audit"],
-                 "shortcut_audit", name="audit_shortcuts"),
-        ]
-    )
-    return masking + sum(per_model, Pipeline([])) + summary
+                 [f"{audited.namespace}.test_metrics", f"{audit.namespace}.test_metrics",
+                  "params:shortcut_audit", f"params:{audited.namespace}.data"],
+                 "shortcut_audit", name="audit_shortcuts")
+        )
+    return masking + sum(per_model, Pipeline([])) + pipeline(summary_nodes)
