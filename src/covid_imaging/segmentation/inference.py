@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from covid_imaging.imaging.io import decode_image, to_gray_uint8
 from covid_imaging.imaging.preprocessing import restore_native_size
+from covid_imaging.segmentation.augmentation import OPACITY_KINDS, paste_opacity
 from covid_imaging.segmentation.data import make_segmentation_dataset
 from covid_imaging.segmentation.metrics import dice_score, image_metrics, iou_score
 from covid_imaging.segmentation.postprocessing import postprocess_probability_map
@@ -52,6 +53,22 @@ def predict_batches(
         for image, mask, probability_map in zip(images, masks, probabilities, strict=True):
             yield next(row_iter), image, mask, probability_map
             index += 1
+
+
+def opacity_transform(kind: str, strength: float, seed: int) -> ImageTransform:
+    """A stress-test transform: paste the synthetic opacity ``kind`` inside each image's true lung.
+
+    Image ``index`` gets the seed ``(seed, index)``, so every model sees the same opacities.
+    """
+    if kind not in OPACITY_KINDS:
+        raise ValueError(f"stress_test.kinds: unknown opacity {kind!r}; expected some of {OPACITY_KINDS}.")
+    kind_index = OPACITY_KINDS.index(kind)
+
+    def paste(image: np.ndarray, mask: np.ndarray, index: int) -> np.ndarray:
+        pasted = paste_opacity(image[..., None], mask[..., None], kind_index, strength, tf.constant([seed, index], tf.int64))
+        return pasted.numpy()[..., 0]
+
+    return paste
 
 
 def native_lung_mask(

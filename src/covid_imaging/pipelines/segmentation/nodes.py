@@ -8,13 +8,12 @@ from typing import Any
 import keras
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 from matplotlib.figure import Figure
 
 from covid_imaging.segmentation._params import merge_params
-from covid_imaging.segmentation.augmentation import OPACITY_KINDS, paste_opacity
+from covid_imaging.segmentation.augmentation import OPACITY_KINDS
 from covid_imaging.segmentation.data import make_segmentation_dataset
-from covid_imaging.segmentation.inference import Loaders, score_images
+from covid_imaging.segmentation.inference import Loaders, opacity_transform, score_images
 from covid_imaging.segmentation.metrics import (
     comparison_table,
     metric_columns,
@@ -171,14 +170,7 @@ def stress_test(
     test = _split_rows(images, "test")
     tables = [score_images(model, test, data_params, postprocessing_params)[0].assign(condition="clean")]
     for kind in settings["kinds"]:
-        if kind not in OPACITY_KINDS:
-            raise ValueError(f"stress_test.kinds: unknown opacity {kind!r}; expected some of {OPACITY_KINDS}.")
-
-        def paste(image: np.ndarray, mask: np.ndarray, index: int, kind_index: int = OPACITY_KINDS.index(kind)) -> np.ndarray:
-            seed = tf.constant([int(settings["seed"]), index], tf.int64)
-            pasted = paste_opacity(image[..., None], mask[..., None], kind_index, float(settings["strength"]), seed)
-            return pasted.numpy()[..., 0]
-
+        paste = opacity_transform(kind, float(settings["strength"]), int(settings["seed"]))
         tables.append(score_images(model, test, data_params, postprocessing_params, transform=paste)[0].assign(condition=kind))
     table = pd.concat(tables, ignore_index=True)
     clean = table[table["condition"] == "clean"].set_index("image_id")["dice_post"]

@@ -14,15 +14,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import pandas as pd
-import tensorflow as tf
 
 from covid_imaging.pipelines.preprocessing.nodes import preprocess_images
 from covid_imaging.pipelines.segmentation.nodes import STRESS_TEST_DEFAULTS, train_segmentation
 from covid_imaging.segmentation._params import merge_params
-from covid_imaging.segmentation.augmentation import OPACITY_KINDS, paste_opacity
-from covid_imaging.segmentation.inference import Loaders, score_images
+from covid_imaging.segmentation.inference import Loaders, opacity_transform, score_images
 
 logger = logging.getLogger(__name__)
 
@@ -98,16 +95,6 @@ def fold_tables(images: pd.DataFrame, held_out: str) -> tuple[pd.DataFrame, pd.D
     return others.reset_index(drop=True), images[images["source"] == held_out].reset_index(drop=True)
 
 
-def _stress_transform(kind: str, strength: float, seed: int):
-    kind_index = OPACITY_KINDS.index(kind)
-
-    def paste(image: np.ndarray, mask: np.ndarray, index: int) -> np.ndarray:
-        pasted = paste_opacity(image[..., None], mask[..., None], kind_index, strength, tf.constant([seed, index], tf.int64))
-        return pasted.numpy()[..., 0]
-
-    return paste
-
-
 def run_cross_source_folds(
     segmentation_images: pd.DataFrame,
     variant_images: Loaders,
@@ -160,7 +147,7 @@ def run_cross_source_folds(
         for kind in stress["kinds"]:
             stressed, _ = score_images(
                 model, test_rows, model_params["data"], model_params["postprocessing"],
-                transform=_stress_transform(kind, float(stress["strength"]), int(stress["seed"])),
+                transform=opacity_transform(kind, float(stress["strength"]), int(stress["seed"])),
             )
             per_image[f"dice_post_{kind}"] = stressed["dice_post"].to_numpy()
         per_image.insert(0, "held_out_source", held_out)
