@@ -22,7 +22,7 @@ from covid_imaging.pipelines.segmentation.nodes import (
 
 # The models trained by `kedro run --pipeline=segmentation`; each needs a builder in
 # MODEL_BUILDERS and a block in conf/base/parameters/segmentation.yml.
-SEGMENTATION_MODELS = ("unet", "fcn", "deeplabv3")
+SEGMENTATION_MODELS = __import__("covid_imaging.registry").registry.load_registry().names("segmentation")
 # The mean of the trained models' probability maps, evaluated (and saved) like a model.
 ENSEMBLE = "ensemble"
 
