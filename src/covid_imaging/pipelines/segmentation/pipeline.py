@@ -19,10 +19,11 @@ from covid_imaging.pipelines.segmentation.nodes import (
     train_segmentation,
     training_curves,
 )
+from covid_imaging.registry import load_registry
 
-# The models trained by `kedro run --pipeline=segmentation`; each needs a builder in
-# MODEL_BUILDERS and a block in conf/base/parameters/segmentation.yml.
-SEGMENTATION_MODELS = __import__("covid_imaging.registry").registry.load_registry().names("segmentation")
+# The models trained by `kedro run --pipeline=segmentation`: the registry's segmentation
+# family (a block with a `model` section in conf/base/parameters/segmentation.yml).
+SEGMENTATION_MODELS = load_registry().names("segmentation")
 # The mean of the trained models' probability maps, evaluated (and saved) like a model.
 ENSEMBLE = "ensemble"
 
