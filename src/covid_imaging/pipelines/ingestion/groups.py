@@ -11,6 +11,23 @@ Rules, by source (the file stem is the name without folder and extension):
   ``2020.02.10.20021584``); non-COVID slices named ``<n>`` or ``<n>_<k>`` by runs of
   consecutive numbers ``n`` within a folder (``1059, 1060, 1061_2`` → one scan), the rule
   the data curators used.
+* ``sarscov2_ct`` (SARS-CoV-2 CT-scan dataset, no patient ids; files ``Covid_<n>`` /
+  ``Non-Covid_<n>``, also the original ``Covid (<n>)``): the number follows slice order,
+  consecutive numbers are neighbouring slices of one scan (scans are runs of about 10–40
+  slices). Slices are grouped **per class** (the two classes are numbered separately) by
+  *linked runs*: sorted numbers at most ``SARSCOV2_MAX_GAP`` = 50 apart are chained into
+  one group. A scan spans at most ~40 numbers, so any two slices of one scan (and every
+  sampled slice between them) are linked: no scan is ever cut in two groups, wherever
+  the sample's slices fall. In the curated copy (``../shared/data``) the gaps between
+  sampled numbers are either <= 18 or >= 72 (the curators left >= 30 numbers around each
+  held-out run), so any gap limit from 19 to 71 gives the same 13 groups (7 COVID, 6
+  non-COVID); they are coarse (several scans each), which is the price of having no ids.
+  A denser copy (e.g. all 2,482 Kaggle slices) would chain into one run per class; a run
+  spanning more than ``SARSCOV2_MAX_RUN_SPAN`` = 300 numbers is therefore cut into
+  blocks of ``SARSCOV2_BLOCK`` = 50 numbers (the SOURCES.md suggestion), where a block
+  edge can cut a scan in two (the stated limit of that fallback).
+  ``Covid_131`` → ``sarscov2_ct:Covid:run131`` (``run<first number of the run>``, or
+  ``run<first>-block<k>`` for a cut run).
 * synthetic demo data: ``synthetic_cxr_p0007_1`` → ``p0007``, ``synthetic_ct_s0012_3`` → ``s0012``.
 * anything else: the file stem (each image its own group: no leakage is possible only
   if the source has one image per patient, which the README states as a limitation).
@@ -33,6 +50,10 @@ _KERMANY_IM = re.compile(r"^((?:NORMAL2-)?IM-\d+)-\d+")
 _PAPER_FIGURE = re.compile(r"^(.*?)-p\d+-\d+(?:_\d+)*$")
 _NUMBERED_SLICE = re.compile(r"^(\d+)(?:_\d+)?$")
 _SYNTHETIC = re.compile(r"^synthetic_(?:cxr|ct)_([ps]\d+)_\d+$")
+_SARSCOV2_SLICE = re.compile(r"^(Covid|Non-Covid)(?:_(\d+)| \((\d+)\))$")
+SARSCOV2_MAX_GAP = 50  # > the longest scan (~40 slices): one scan's slices always link
+SARSCOV2_MAX_RUN_SPAN = 300  # longer linked runs (dense copies) are cut into blocks
+SARSCOV2_BLOCK = 50
 
 
 def _stem_without_source_prefix(image_key: str) -> str:
@@ -63,12 +84,44 @@ def consecutive_number_runs(numbers: list[int]) -> dict[int, int]:
     return run_start
 
 
+def linked_number_runs(
+    numbers: list[int], max_gap: int = SARSCOV2_MAX_GAP, max_span: int = SARSCOV2_MAX_RUN_SPAN,
+    block: int = SARSCOV2_BLOCK,
+) -> dict[int, str]:
+    """Map each number to its linked run: sorted numbers at most ``max_gap`` apart chain
+    into one run named ``run<first>``; a run spanning more than ``max_span`` numbers is cut
+    into blocks of ``block`` numbers from its first number (``run<first>-block<k>``)."""
+    ordered = sorted(set(numbers))
+    runs: list[list[int]] = []
+    for number in ordered:
+        if runs and number - runs[-1][-1] <= max_gap:
+            runs[-1].append(number)
+        else:
+            runs.append([number])
+    names: dict[int, str] = {}
+    for run in runs:
+        first, cut = run[0], run[-1] - run[0] > max_span
+        for number in run:
+            names[number] = f"run{first}-block{(number - first) // block}" if cut else f"run{first}"
+    return names
+
+
+def sarscov2_slice(stem: str) -> tuple[str, int] | None:
+    """``(class token, number)`` of a SARS-CoV-2 CT-scan slice name, else None."""
+    match = _SARSCOV2_SLICE.match(stem)
+    if match is None:
+        return None
+    return match.group(1), int(match.group(2) or match.group(3))
+
+
 def assign_group_ids(candidates: pd.DataFrame, patient_ids: dict[str, str] | None = None) -> pd.Series:
     """Group id for every row: metadata patient id when known, else the file-name rule.
 
     ``patient_ids`` maps image keys to patient ids (e.g. from the ieee8023 metadata).
     Number-named files (``<n>`` or ``<n>_<k>``) are grouped by runs of consecutive ``n``
-    within the same source and folder (the non-COVID CT convention).
+    within the same source and folder (the non-COVID CT convention). SARS-CoV-2 CT slices
+    (``Covid_<n>``, ``Non-Covid_<n>``) are grouped by linked runs per source and class
+    (:func:`linked_number_runs`).
     """
     patient_ids = patient_ids or {}
     groups = []
@@ -88,4 +141,13 @@ def assign_group_ids(candidates: pd.DataFrame, patient_ids: dict[str, str] | Non
         runs = consecutive_number_runs([int(numbers[i]) for i in index])
         for i in index:
             group_series[i] = f"{source}:{folder}:run{runs[int(numbers[i])]}"
+
+    slices = stems.map(sarscov2_slice)
+    is_slice = slices.notna() & ~candidates["image_key"].isin(list(patient_ids))
+    if is_slice.any():
+        tokens = slices[is_slice].map(lambda item: item[0])
+        for (source, token), index in candidates[is_slice].groupby(["source", tokens]).groups.items():
+            runs = linked_number_runs([slices[i][1] for i in index])
+            for i in index:
+                group_series[i] = f"{source}:{token}:{runs[slices[i][1]]}"
     return group_series
