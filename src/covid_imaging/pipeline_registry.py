@@ -11,6 +11,7 @@ from kedro.pipeline import Pipeline
 
 from covid_imaging.pipelines import (
     classification,
+    ct_classification,
     demo_data,
     ingestion,
     preprocessing,
@@ -41,5 +42,8 @@ def register_pipelines() -> dict[str, Pipeline]:
         + segmentation.create_pipeline(models=(classification.pipeline.LUNG_SEGMENTATION_MODEL,), compare=False)
         + classification.create_pipeline(),
         "classification_models": classification.create_pipeline(),
+        # Lung CT slices, COVID-19 vs non-COVID: the nine registered CT models (no lung masking)
+        "ct_classification": data_preparation + ct_classification.create_pipeline(),
+        "ct_classification_models": ct_classification.create_pipeline(),
         "__default__": data_preparation,
     }

@@ -55,6 +55,9 @@ class TrainingParams:
     seed: int | None = None
     verbose: int = 0
     run_eagerly: bool = False  # debugging / tiny CPU runs: skips slow graph tracing
+    # XLA: "auto" (Keras' default) | true | false. On CPU, XLA-compiling a deep backbone's
+    # training step (ResNet101 and up) takes minutes; false keeps the plain TF graph.
+    jit_compile: bool | str = "auto"
     metrics: tuple[str, ...] = ("accuracy",)
 
     @classmethod
@@ -77,6 +80,8 @@ class TrainingParams:
             raise ValueError(
                 f"optimizer must be one of {sorted(_DEFAULT_LEARNING_RATES)}, got {config.optimizer!r}"
             )
+        if config.jit_compile not in (True, False, "auto"):
+            raise ValueError(f"jit_compile must be true, false or 'auto', got {config.jit_compile!r}")
         if config.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {config.epochs}")
         return config
@@ -172,6 +177,7 @@ def train_classifier(
         loss="sparse_categorical_crossentropy",
         metrics=list(config.metrics),
         run_eagerly=config.run_eagerly,
+        jit_compile=config.jit_compile,
     )
     fit_history = model.fit(
         train_ds,

@@ -348,11 +348,15 @@ def evaluate_classifier(
 
 
 def explain_with_gradcam(
-    model: keras.Model, inputs: pd.DataFrame, lung_masked_images: Loaders, data: dict[str, Any],
+    model: keras.Model, inputs: pd.DataFrame, lung_masked_images: Loaders | None, data: dict[str, Any],
     gradcam: dict[str, Any],
 ) -> tuple[Figure, dict[str, float]]:
     """Grad-CAM overlays for a sample of test images per class, and the share of
-    Grad-CAM mass inside the lung mask (mean over the sampled test images)."""
+    Grad-CAM mass inside the lung mask (mean over the sampled test images).
+
+    ``lung_masked_images=None`` (images without lung masks, e.g. CT slices): overlays
+    only, and the count of all-zero maps; no lung share is defined.
+    """
     test = _rows(inputs, data, "test")
     sample = test.groupby("label", sort=True).head(int(gradcam["per_class"]))
     images = np.stack([
@@ -360,21 +364,26 @@ def explain_with_gradcam(
         for path in _image_paths(sample, data)
     ]).astype(np.float32) / 255.0
     heatmaps = grad_cam(model, images[..., None])
-    # Lung crops are compared with the mask cropped the same way; other variants with the full mask.
-    mask_key = "lungs_mask" if _variant(sample, data) == "lungs" else "masks"
-    shares = []
-    for image_id, heatmap in zip(sample["image_id"], heatmaps, strict=True):
-        mask = decode_gray(lung_masked_images[f"{mask_key}/{image_id}"]())
-        mask = cv2.resize(mask, heatmap.shape[::-1], interpolation=cv2.INTER_NEAREST) > 127
-        shares.append(heatmap_mass_inside_mask(heatmap, mask))
+    all_zero = [not bool(np.any(np.asarray(heatmap) > 0)) for heatmap in heatmaps]
+    shares: list[float] = []
+    if lung_masked_images is not None:
+        # Lung crops are compared with the mask cropped the same way; other variants with the full mask.
+        mask_key = "lungs_mask" if _variant(sample, data) == "lungs" else "masks"
+        for image_id, heatmap in zip(sample["image_id"], heatmaps, strict=True):
+            mask = decode_gray(lung_masked_images[f"{mask_key}/{image_id}"]())
+            mask = cv2.resize(mask, heatmap.shape[::-1], interpolation=cv2.INTER_NEAREST) > 127
+            shares.append(heatmap_mass_inside_mask(heatmap, mask))
     columns = max(1, len(sample))
     figure = Figure(figsize=(2.2 * columns, 2.6))
-    for index, (image, heatmap, label, share) in enumerate(zip(images, heatmaps, sample["label"], shares, strict=True)):
+    for index, (image, heatmap, label) in enumerate(zip(images, heatmaps, sample["label"], strict=True)):
         axis = figure.add_subplot(1, columns, index + 1)
         axis.imshow(overlay_heatmap(image, heatmap))
-        axis.set_title(f"{label}\nin lungs {share:.0%}", fontsize=8)
+        detail = f"in lungs {shares[index]:.0%}" if shares else ("no positive evidence" if all_zero[index] else "")
+        axis.set_title(f"{label}\n{detail}", fontsize=8)
         axis.axis("off")
     figure.tight_layout()
+    if lung_masked_images is None:
+        return figure, {"gradcam_maps_all_zero": float(sum(all_zero))}
     # A Grad-CAM map can be all zero (no positive evidence for the class): no share then.
     defined = [share for share in shares if np.isfinite(share)]
     return figure, {
@@ -382,6 +391,13 @@ def explain_with_gradcam(
         "gradcam_lung_share_std": float(np.std(defined)) if defined else float("nan"),
         "gradcam_maps_all_zero": float(len(shares) - len(defined)),
     }
+
+
+def explain_with_gradcam_unmasked(
+    model: keras.Model, inputs: pd.DataFrame, data: dict[str, Any], gradcam: dict[str, Any]
+) -> tuple[Figure, dict[str, float]]:
+    """:func:`explain_with_gradcam` for images without lung masks (CT slices)."""
+    return explain_with_gradcam(model, inputs, None, data, gradcam)
 
 
 # ------------------------------------------------------------------ across models

@@ -31,6 +31,7 @@ from covid_imaging.pipelines.classification.nodes import (
     compare_classifiers,
     evaluate_classifier,
     explain_with_gradcam,
+    explain_with_gradcam_unmasked,
     mask_lungs,
     select_classification_images,
     train_classification_model,
@@ -50,41 +51,58 @@ if _REGISTRY.lung_segmentation_model is None:
 LUNG_SEGMENTATION_MODEL: str = _REGISTRY.lung_segmentation_model
 
 
-def _evaluation_nodes(modality: str) -> list:
+def _evaluation_nodes(modality: str, lung_masks: bool = True, data: str = "params:data") -> list:
+    if lung_masks:
+        gradcam = node(
+            ModalityGuarded(explain_with_gradcam, modality),
+            ["model", "classification_inputs", "lung_masked_images", data, "params:gradcam"],
+            ["gradcam_overlays", "gradcam_metrics"],
+            name="grad_cam",
+        )
+    else:
+        gradcam = node(
+            ModalityGuarded(explain_with_gradcam_unmasked, modality),
+            ["model", "classification_inputs", data, "params:gradcam"],
+            ["gradcam_overlays", "gradcam_metrics"],
+            name="grad_cam",
+        )
     return [
         node(
             ModalityGuarded(evaluate_classifier, modality),
-            ["model", "classification_inputs", "params:data", "params:evaluation"],
+            ["model", "classification_inputs", data, "params:evaluation"],
             ["metrics_report", "test_metrics", "confusion_matrix", "roc_curves", "predictions"],
             name="evaluate",
         ),
-        node(
-            ModalityGuarded(explain_with_gradcam, modality),
-            ["model", "classification_inputs", "lung_masked_images", "params:data", "params:gradcam"],
-            ["gradcam_overlays", "gradcam_metrics"],
-            name="grad_cam",
-        ),
+        gradcam,
     ]
 
 
-def model_template(source_model: str | None, modality: str = MODALITY) -> Pipeline:
+def model_template(
+    source_model: str | None, modality: str = MODALITY, lung_masks: bool = True, data: str = "params:data"
+) -> Pipeline:
     """Train (from scratch, two-phase, or by transfer) → evaluate → Grad-CAM, every node
-    guarded so that it only accepts images of ``modality``."""
+    guarded so that it only accepts images of ``modality``.
+
+    The one per-model template of every classifier family: ``lung_masks=False`` for
+    images without lung masks (CT: Grad-CAM without the lung share); ``data`` names the
+    data settings the nodes read (``params:data``, or a node output such as the CT
+    pipeline's effective settings).
+    """
     if source_model is None:
         train = node(
             ModalityGuarded(train_classification_model, modality),
-            ["classification_inputs", "params:model", "params:training", "params:data"],
+            ["classification_inputs", "params:model", "params:training", data],
             ["model", "training_history"],
             name="train",
         )
     else:
         train = node(
             ModalityGuarded(transfer_and_fine_tune, modality),
-            ["classification_inputs", "source_model", "params:model", "params:training", "params:data"],
+            ["classification_inputs", "source_model", "params:model", "params:training", data],
             ["model", "training_history"],
             name="transfer_and_fine_tune",
         )
-    return pipeline([train, *_evaluation_nodes(modality)])
+    return pipeline([train, *_evaluation_nodes(modality, lung_masks, data)])
 
 
 def _specs(models: Iterable[str] | None) -> list[ModelSpec]:

@@ -1,0 +1,171 @@
+"""Lung CT classification nodes (COVID-19 vs non-COVID, the nine-model study).
+
+Training, evaluation and Grad-CAM are the X-ray classifiers' nodes
+(:mod:`covid_imaging.pipelines.classification.nodes`, one training core); this module
+adds what is CT-specific: selecting the CT slices under a split protocol, the effective
+input size of each model at the run's compute budget, the basic CNN's per-layer
+activation maps and the comparison table.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import cv2
+import keras
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from covid_imaging.classification.models import KERAS_APPLICATIONS
+from covid_imaging.pipelines.classification.nodes import _image_paths, _rows, compare_classifiers
+from covid_imaging.pipelines.splits.nodes import split_rows, undersample_training_split
+from covid_imaging.registry import MODALITY_COLUMN, check_modality, with_modality
+
+logger = logging.getLogger(__name__)
+
+MODALITY = "ct"
+SPLIT_PROTOCOLS = ("grouped", "random_slices")
+# What a CT model may see of a slice: its preprocessed (gray, square) image and labels.
+# Raw-file properties (channel count, bit depth, format, original size) are not passed on:
+# in sarscov2_ct the channel count differs by class (RGB vs RGBA).
+CT_COLUMNS = ["image_id", "task", MODALITY_COLUMN, "label", "source", "group_id", "split", "cv_fold",
+              "in_training_sample", "image_path"]
+
+
+def select_ct_images(
+    model_input_table: pd.DataFrame, params: dict[str, Any], splits: dict[str, Any]
+) -> pd.DataFrame:
+    """The CT slices (modality ``ct`` only) of the classes and sources configured, split by
+    ``params["split_protocol"]``:
+
+    * ``grouped`` (default): the project's split (stratified by task and label, grouped
+      by scan: UCSD by source paper / runs of ids, SARS-CoV-2 by linked runs of slice
+      numbers, see ``pipelines/ingestion/groups.py``): no scan in two splits;
+    * ``random_slices``: the reference protocol, every slice its own group (same
+      fractions, seed and training-split undersampling), so neighbouring slices of one
+      scan land on both sides: optimistic, for comparison only.
+
+    The table keeps only :data:`CT_COLUMNS` (no channel count or file format), with
+    ``default_variant = whole`` (CT slices are never lung-masked) and the protocol.
+    """
+    protocol = params.get("split_protocol", "grouped")
+    if protocol not in SPLIT_PROTOCOLS:
+        raise ValueError(f"ct_classification_data.split_protocol must be one of {SPLIT_PROTOCOLS}, got {protocol!r}")
+    table = with_modality(model_input_table)
+    table = table[table[MODALITY_COLUMN] == MODALITY]
+    classes = params.get("classes")
+    if classes:
+        table = table[table["label"].isin(classes)]
+    sources = params.get("sources")
+    if sources:
+        table = table[table["source"].isin(sources)]
+    if table.empty:
+        raise ValueError(f"No CT slices of classes {classes} and sources {sources} in the model input table")
+    table = check_modality(table[CT_COLUMNS].reset_index(drop=True), MODALITY, "select_ct_images")
+    if protocol == "random_slices":
+        slices = table.drop(columns=["split", "cv_fold", "in_training_sample"])
+        resplit = split_rows(slices.assign(group_id=slices["image_id"], stratum=slices["label"]), splits)
+        resplit = resplit.drop(columns="stratum").assign(group_id=slices["group_id"].to_numpy())
+        resplit["in_training_sample"] = resplit["split"] == "train"
+        table = undersample_training_split(
+            resplit, {"seed": splits.get("seed", 42), "undersampling": {"enabled": True, "tasks": list(set(resplit["task"]))}}
+        )[CT_COLUMNS]
+    table = table.assign(default_variant="whole", split_protocol=protocol)
+    counts = table.groupby(["split", "source", "label"]).size().unstack(fill_value=0)
+    logger.info("CT slices (%s split):\n%s", protocol, counts.to_string())
+    if protocol == "grouped":
+        leaking = table.groupby("group_id")["split"].nunique()
+        if (leaking > 1).any():
+            raise AssertionError(f"CT scan groups in several splits: {list(leaking[leaking > 1].index[:5])}")
+    return table
+
+
+def model_data(
+    data: dict[str, Any], model: dict[str, Any], params: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """A model's data settings at this run's compute budget, and its sizes as metrics.
+
+    ``data.image_size`` is the model's registered (reference) input size;
+    ``ct_classification_data.max_image_size`` (the CPU default; ``null`` in conf/gpu)
+    caps it, never below what the builder accepts (InceptionV3: 75). The sizes go to
+    MLflow (``input_size``, ``reference_input_size``) and to the comparison table.
+    """
+    reference = int(data["image_size"])
+    cap = params.get("max_image_size")
+    size = reference if cap is None else min(reference, int(cap))
+    application = KERAS_APPLICATIONS.get(str(model["builder"]).lower())
+    size = max(size, application.min_input_size if application else 1)
+    return {**data, "image_size": size}, {"input_size": float(size), "reference_input_size": float(reference)}
+
+
+def layer_activation_maps(
+    model: keras.Model, inputs: pd.DataFrame, data: dict[str, Any], params: dict[str, Any]
+) -> Figure:
+    """Per-layer activation maps (the reference's per-layer heat maps of the basic CNN):
+    for ``per_class`` test slices per class, the input and the channel-mean activation of
+    every convolution, pooling and dropout block output, each scaled to [0, 1]."""
+    test = _rows(inputs, data, "test")
+    sample = test.groupby("label", sort=True).head(int(params.get("per_class", 1)))
+    size = int(data["image_size"])
+    images = np.stack([
+        cv2.resize(cv2.imread(path, cv2.IMREAD_GRAYSCALE), (size, size), interpolation=cv2.INTER_AREA)
+        for path in _image_paths(sample, data)
+    ]).astype(np.float32)[..., None] / 255.0
+    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D | keras.layers.MaxPooling2D)]
+    if not layers:
+        raise ValueError(f"{model.name} has no convolution or pooling layer to show")
+    probe = keras.Model(model.inputs, [layer.output for layer in layers])
+    activations = probe(images, training=False)
+    activations = activations if isinstance(activations, list | tuple) else [activations]
+    figure = Figure(figsize=(1.8 * (len(layers) + 1), 2.0 * len(sample)))
+    for row, (image, label) in enumerate(zip(images, sample["label"], strict=True)):
+        axis = figure.add_subplot(len(sample), len(layers) + 1, row * (len(layers) + 1) + 1)
+        axis.imshow(image[..., 0], cmap="gray")
+        axis.set_title(f"{label}\ninput", fontsize=7)
+        axis.axis("off")
+        for column, (layer, activation) in enumerate(zip(layers, activations, strict=True), start=2):
+            heat = np.asarray(activation[row]).mean(axis=-1)
+            heat = (heat - heat.min()) / (np.ptp(heat) or 1.0)
+            axis = figure.add_subplot(len(sample), len(layers) + 1, row * (len(layers) + 1) + column)
+            axis.imshow(heat, cmap="jet")
+            axis.set_title(f"{layer.name}\n{heat.shape[0]}x{heat.shape[1]}", fontsize=7)
+            axis.axis("off")
+    figure.tight_layout()
+    return figure
+
+
+def _report_value(report: pd.DataFrame, class_name: str, metric: str, column: str = "value") -> float:
+    rows = report[(report["scope"] == "overall") & (report["class"] == class_name) & (report["metric"] == metric)]
+    return float(rows[column].iloc[0]) if len(rows) else float("nan")
+
+
+def compare_ct_classifiers(images: pd.DataFrame, **results: Any) -> pd.DataFrame:
+    """One row per CT model: split protocol, input size, test metrics (macro) with the
+    bootstrap 95% CI of balanced accuracy and AUC, COVID-class precision/recall/F1,
+    per-source accuracy, test size and the count of all-zero Grad-CAM maps.
+
+    ``results`` keys: ``<model>__test``, ``<model>__gradcam``, ``<model>__sizes``
+    (dicts) and ``<model>__report`` (the metrics report table).
+    """
+    reports = {key.rsplit("__", 1)[0]: value for key, value in results.items() if key.endswith("__report")}
+    table = compare_classifiers(**{key: value for key, value in results.items() if not key.endswith("__report")})
+    for name, report in reports.items():
+        row = table["model"] == name
+        for metric in ("balanced_accuracy", "roc_auc"):
+            for bound in ("ci_low", "ci_high"):
+                table.loc[row, f"test_{metric}_{bound}"] = _report_value(report, "macro", metric, bound)
+        for metric in ("precision", "recall", "f1"):
+            table.loc[row, f"test_covid_{metric}"] = _report_value(report, "covid", metric)
+        table.loc[row, "n_test"] = _report_value(report, "macro", "accuracy", "n")
+    protocol = str(images["split_protocol"].iloc[0]) if len(images) else ""
+    table.insert(1, "split_protocol", protocol)
+    first = ["model", "split_protocol", "input_size", "reference_input_size", "n_test", "test_accuracy",
+             "test_balanced_accuracy", "test_balanced_accuracy_ci_low", "test_balanced_accuracy_ci_high",
+             "test_roc_auc", "test_roc_auc_ci_low", "test_roc_auc_ci_high"]
+    ordered = [c for c in first if c in table.columns] + [c for c in table.columns if c not in first]
+    table = table[ordered]
+    logger.info("CT classification comparison (test split, %s):\n%s", protocol,
+                table.to_string(index=False, float_format="%.3f"))
+    return table

@@ -1,0 +1,266 @@
+"""CT classification: slice selection and split protocols, gray decoding of RGB/RGBA
+slices, input sizes, activation maps, the comparison table, and the pipeline's structure."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from kedro.pipeline import Pipeline
+
+from covid_imaging.classification.models import build_classifier
+from covid_imaging.imaging.io import decode_gray
+from covid_imaging.pipelines.classification.nodes import ModalityGuarded, evaluate_classifier
+from covid_imaging.pipelines.ct_classification.nodes import (
+    CT_COLUMNS,
+    compare_ct_classifiers,
+    layer_activation_maps,
+    model_data,
+    select_ct_images,
+)
+from covid_imaging.pipelines.ct_classification.pipeline import (
+    CT_CLASSIFICATION_MODELS,
+    create_pipeline,
+)
+from covid_imaging.pipelines.preprocessing.nodes import preprocess_images
+from covid_imaging.registry import ModalityError, load_registry
+from tests.conftest import chest_like_image, write_png
+
+SPLITS = {"test_fraction": 0.1, "validation_fraction": 0.2, "n_bins": 10, "n_folds": 5, "seed": 42}
+PREPROCESSING = {
+    "output_root": "unused", "resize": {"size": 64, "interpolation": "area", "mode": "pad"},
+    "gaussian_blur": {"enabled": True, "kernel_size": 3, "sigma": 0},
+    "morphological_gradient": {"enabled": False, "kernel_size": 3, "iterations": 2},
+    "clahe": {"enabled": True, "clip_limit": 2.0, "tile_grid_size": 8}, "normalisation": "minmax",
+}
+
+
+def model_input_table(n_scans: int = 20, slices: int = 5) -> pd.DataFrame:
+    """CT slices in scans of ``slices`` (split by scan like the splits pipeline) + X-rays."""
+    rows = []
+    for scan in range(n_scans):
+        label = "covid" if scan % 2 else "non_covid"
+        split = "test" if scan % 10 == 0 else ("validation" if scan % 5 == 1 else "train")
+        for k in range(slices):
+            rows.append({"image_id": f"ct{scan}_{k}", "task": "ct", "label": label, "source": "sarscov2_ct",
+                         "group_id": f"sarscov2_ct:s{scan}", "split": split, "cv_fold": -1 if split == "test" else scan % 5,
+                         "in_training_sample": split == "train", "image_path": f"x/ct{scan}_{k}.png",
+                         "width": 300 + scan, "height": 300})
+    for i in range(6):
+        rows.append({"image_id": f"cxr{i}", "task": "classification", "label": "covid", "source": "c19rad",
+                     "group_id": f"c19rad:{i}", "split": "train", "cv_fold": 0, "in_training_sample": True,
+                     "image_path": f"x/cxr{i}.png", "width": 256, "height": 256})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- gray decoding
+
+
+def _rgb_and_rgba_copies(gray: np.ndarray, folder) -> tuple:
+    rgb = write_png(folder / "rgb.png", cv2.merge([gray, gray, gray]))
+    rgba = write_png(folder / "rgba.png", cv2.merge([gray, gray, gray, np.full_like(gray, 255)]))
+    assert cv2.imread(str(rgb), cv2.IMREAD_UNCHANGED).shape[2] == 3
+    assert cv2.imread(str(rgba), cv2.IMREAD_UNCHANGED).shape[2] == 4
+    return rgb, rgba
+
+
+def _preprocessed(paths) -> list[bytes]:
+    manifest = pd.DataFrame({"image_id": [f"i{k}" for k in range(len(paths))], "image_key": [str(p) for p in paths],
+                             "mask_key": [""] * len(paths)})
+    raw = {str(path): (lambda path=path: path.read_bytes()) for path in paths}
+    outputs = preprocess_images(manifest, raw, PREPROCESSING)
+    return [outputs[f"images/i{k}"]() for k in range(len(paths))]
+
+
+def test_rgb_and_rgba_slices_preprocess_to_identical_gray_images(tmp_path):
+    gray = chest_like_image((90, 120), seed=3)
+    rgb_png, rgba_png = _preprocessed(_rgb_and_rgba_copies(gray, tmp_path))
+    assert rgb_png == rgba_png  # byte-identical: the channel count is gone after preprocessing
+    decoded = cv2.imdecode(np.frombuffer(rgb_png, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert decoded.ndim == 2 and decoded.shape == (64, 64)
+
+
+def test_real_sarscov2_rgb_slice_equals_its_rgba_copy(shared_data, tmp_path):
+    """A real RGB COVID slice of sarscov2_ct and the same pixels saved as RGBA (how every
+    non-COVID slice is stored) give byte-identical preprocessed images."""
+    manifest = pd.read_csv(shared_data / "manifest.csv", keep_default_na=False)
+    rows = manifest[manifest["source"] == "sarscov2_ct"]
+    covid = rows.loc[rows["label"] == "covid", "path"][:60]
+    channels = {path: cv2.imread(str(shared_data / path), cv2.IMREAD_UNCHANGED).shape[2] for path in covid}
+    rgb = next(path for path, n in channels.items() if n == 3)
+    rgba = rows.loc[rows["label"] == "non_covid", "path"].iloc[0]
+    assert cv2.imread(str(shared_data / rgba), cv2.IMREAD_UNCHANGED).shape[2] == 4
+    pixels = cv2.imread(str(shared_data / rgb), cv2.IMREAD_UNCHANGED)
+    assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()  # gray content
+    copy = write_png(tmp_path / "as_rgba.png", cv2.cvtColor(pixels, cv2.COLOR_BGR2BGRA))
+    original, converted, other = _preprocessed([shared_data / rgb, copy, shared_data / rgba])
+    assert original == converted
+    assert decode_gray(other).ndim == 2  # RGBA originals decode to one gray channel too
+
+
+def test_ct_inputs_carry_no_raw_file_properties():
+    table = model_input_table().assign(channels=3, bit_depth=8, file_format="png")
+    selected = select_ct_images(table, {"classes": ["non_covid", "covid"]}, SPLITS)
+    assert not {"channels", "bit_depth", "file_format", "width", "height"} & set(selected.columns)
+    assert list(selected.columns[: len(CT_COLUMNS)]) == CT_COLUMNS
+
+
+# ---------------------------------------------------------------- selection and split protocols
+
+
+def test_select_keeps_ct_slices_only_and_the_grouped_split():
+    table = model_input_table()
+    selected = select_ct_images(table, {"classes": ["non_covid", "covid"], "split_protocol": "grouped"}, SPLITS)
+    assert set(selected["modality"]) == {"ct"} and len(selected) == 100
+    assert (selected["default_variant"] == "whole").all() and (selected["split_protocol"] == "grouped").all()
+    merged = selected.merge(table[["image_id", "split"]], on="image_id", suffixes=("", "_project"))
+    assert (merged["split"] == merged["split_project"]).all()
+    assert (selected.groupby("group_id")["split"].nunique() == 1).all()  # no scan in two splits
+
+
+def test_random_slice_protocol_splits_scans_across_splits():
+    selected = select_ct_images(model_input_table(), {"split_protocol": "random_slices"}, SPLITS)
+    assert (selected["split_protocol"] == "random_slices").all()
+    assert (selected.groupby("group_id")["split"].nunique() > 1).any()  # the reference's leakage
+    assert set(selected["split"]) == {"train", "validation", "test"}
+    train = selected[selected["in_training_sample"]]
+    assert train["label"].value_counts().nunique() == 1  # training split undersampled to balance
+    assert (selected.loc[selected["split"] != "train", "in_training_sample"] == False).all()  # noqa: E712
+    assert set(selected["group_id"]) == {f"sarscov2_ct:s{scan}" for scan in range(20)}  # scan ids kept
+
+
+def test_select_filters_sources_and_rejects_unknown_protocol():
+    table = model_input_table()
+    table.loc[table["image_id"].str.startswith("ct1_"), "source"] = "ucsd_covid_ct"
+    selected = select_ct_images(table, {"sources": ["ucsd_covid_ct"]}, SPLITS)
+    assert set(selected["source"]) == {"ucsd_covid_ct"}
+    with pytest.raises(ValueError, match="split_protocol"):
+        select_ct_images(table, {"split_protocol": "shuffled"}, SPLITS)
+    with pytest.raises(ValueError, match="No CT slices"):
+        select_ct_images(table, {"sources": ["nowhere"]}, SPLITS)
+
+
+def test_ct_model_nodes_refuse_xray_rows():
+    guarded = ModalityGuarded(evaluate_classifier, "ct")
+    xrays = model_input_table().query("task == 'classification'").assign(modality="cxr")
+    with pytest.raises(ModalityError, match="ct model"):
+        guarded(None, xrays, {}, {})
+
+
+# ---------------------------------------------------------------- input sizes
+
+
+@pytest.mark.parametrize(
+    ("builder", "reference", "cap", "expected"),
+    [("vgg16", 224, 64, 64), ("basic_cnn", 32, 64, 32), ("alexnet", 227, 64, 64), ("inceptionv3", 224, 64, 75),
+     ("resnet152", 224, None, 224)],
+)
+def test_model_data_caps_the_reference_size(builder, reference, cap, expected):
+    data, sizes = model_data({"image_size": reference, "batch_size": 4}, {"builder": builder}, {"max_image_size": cap})
+    assert data["image_size"] == expected and data["batch_size"] == 4
+    assert sizes == {"input_size": float(expected), "reference_input_size": float(reference)}
+
+
+# ---------------------------------------------------------------- activation maps, comparison
+
+
+def test_basic_cnn_activation_maps_show_every_conv_and_pool_layer(tmp_path):
+    rows = []
+    for k, label in enumerate(["covid", "non_covid"]):
+        path = write_png(tmp_path / f"{k}.png", chest_like_image((40, 40), seed=k))
+        rows.append({"image_id": str(k), "label": label, "split": "test", "image_path": str(path),
+                     "default_variant": "whole", "in_training_sample": False})
+    model = build_classifier("basic_cnn", n_classes=2, input_size=32)
+    data = {"image_size": 32, "classes": ["non_covid", "covid"], "image_variant": "whole"}
+    figure = layer_activation_maps(model, pd.DataFrame(rows), data, {"per_class": 1})
+    titles = [axis.get_title() for axis in figure.axes]
+    assert len(figure.axes) == 2 * (1 + 6)  # 2 slices x (input + 3 conv + 3 pool)
+    assert any(t.startswith("conv1\n32x32") for t in titles) and any(t.startswith("pool3\n4x4") for t in titles)
+
+
+def _report(balanced: float) -> pd.DataFrame:
+    rows = []
+    for cls in ("macro", "covid", "non_covid"):
+        for metric in ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "roc_auc"):
+            rows.append({"scope": "overall", "class": cls, "metric": metric, "value": balanced,
+                         "ci_low": balanced - 0.1, "ci_high": balanced + 0.1, "n": 40, "support": 20, "note": ""})
+    return pd.DataFrame(rows)
+
+
+def test_comparison_table_has_one_row_per_model_with_cis():
+    results = {}
+    for index, model in enumerate(CT_CLASSIFICATION_MODELS):
+        results[f"{model}__test"] = {"test_accuracy": 0.5 + index / 100, "test_balanced_accuracy": 0.6,
+                                     "test_roc_auc": 0.7, "test_accuracy_sarscov2_ct": 0.5}
+        results[f"{model}__gradcam"] = {"gradcam_maps_all_zero": 0.0}
+        results[f"{model}__sizes"] = {"input_size": 64.0, "reference_input_size": 224.0}
+        results[f"{model}__report"] = _report(0.6)
+    images = pd.DataFrame({"split_protocol": ["grouped"]})
+    table = compare_ct_classifiers(images, **results)
+    assert list(table["model"]) == list(CT_CLASSIFICATION_MODELS) and len(table) == 9
+    assert list(table.columns[:12]) == [
+        "model", "split_protocol", "input_size", "reference_input_size", "n_test", "test_accuracy",
+        "test_balanced_accuracy", "test_balanced_accuracy_ci_low", "test_balanced_accuracy_ci_high",
+        "test_roc_auc", "test_roc_auc_ci_low", "test_roc_auc_ci_high"]
+    assert {"test_covid_f1", "test_covid_recall", "test_covid_precision", "test_accuracy_sarscov2_ct",
+            "gradcam_maps_all_zero"} <= set(table.columns)
+    assert (table["split_protocol"] == "grouped").all()
+    assert table["test_balanced_accuracy_ci_low"].iloc[0] == pytest.approx(0.5)
+
+
+# ---------------------------------------------------------------- pipeline structure
+
+
+def test_all_nine_registered_ct_models_build_namespaced_pipelines():
+    registry = load_registry()
+    assert CT_CLASSIFICATION_MODELS == registry.names("ct_classification")
+    assert len(CT_CLASSIFICATION_MODELS) == 9
+    pipe = create_pipeline()
+    namespaces = {n.namespace for n in pipe.nodes if n.namespace}
+    assert namespaces == {f"ct_classification.{m}" for m in CT_CLASSIFICATION_MODELS}
+    for model in CT_CLASSIFICATION_MODELS:
+        names = {n.name.rsplit(".", 1)[-1] for n in pipe.nodes if n.namespace == f"ct_classification.{model}"}
+        expected = {"model_data", "train", "evaluate", "grad_cam"} | ({"activation_maps"} if model == "basic_cnn" else set())
+        assert names == expected
+        for node in pipe.nodes:  # every model node is guarded to CT slices
+            if node.namespace == f"ct_classification.{model}" and node.name.rsplit(".", 1)[-1] != "model_data":
+                assert isinstance(node.func, ModalityGuarded) and node.func.modality == "ct"
+    assert "ct_classification_comparison" in pipe.all_outputs()
+    assert "model_input_table" in pipe.inputs() and "lung_masked_images" not in pipe.all_inputs()
+    assert isinstance(create_pipeline(models=["basic_cnn"]), Pipeline)
+    with pytest.raises(ValueError, match="not registered"):
+        create_pipeline(models=["lenet"])
+
+
+def test_registered_pipelines_and_hook_track_the_ct_root():
+    from covid_imaging.hooks import TRACKED_NAMESPACE_ROOTS, model_namespace
+    from covid_imaging.pipeline_registry import register_pipelines
+
+    pipelines = register_pipelines()
+    models = pipelines["ct_classification_models"]
+    assert set(models.nodes) < set(pipelines["ct_classification"].nodes)
+    assert "model_input_table" in models.inputs()
+    assert "ct_classification" in TRACKED_NAMESPACE_ROOTS
+    train = next(n for n in models.nodes if n.name == "ct_classification.vgg16.train")
+    assert model_namespace(train) == "ct_classification.vgg16"
+
+
+def test_catalog_resolves_every_ct_dataset():
+    from kedro.config import OmegaConfigLoader
+    from kedro.io import DataCatalog
+
+    from tests.conftest import PROJECT_ROOT
+
+    loader = OmegaConfigLoader(str(PROJECT_ROOT / "conf"), base_env="base", default_run_env="local",
+                               merge_strategy={"parameters": "soft", "globals": "soft"})
+    catalog = DataCatalog.from_config(loader["catalog"])
+    expected = {
+        "model": "TensorFlowModelDataset", "metrics_report": "AtomicCSVDataset", "test_metrics": "JSONDataset",
+        "gradcam_overlays": "MatplotlibDataset", "activation_maps": "MatplotlibDataset",
+        "input_metrics": "JSONDataset", "data": "MemoryDataset", "predictions": "AtomicCSVDataset",
+    }
+    for output, kind in expected.items():
+        assert type(catalog[f"ct_classification.basic_cnn.{output}"]).__name__ == kind
+    assert "ct_classification_comparison.csv" in str(catalog["ct_classification_comparison"]._describe()["filepath"])
+    assert "06_models/ct_classification/vgg16.keras" in str(catalog["ct_classification.vgg16.model"]._describe()["filepath"])
