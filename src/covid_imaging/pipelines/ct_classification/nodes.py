@@ -138,7 +138,8 @@ def layer_activation_maps(
 
 def _report_value(report: pd.DataFrame, class_name: str, metric: str, column: str = "value") -> float:
     rows = report[(report["scope"] == "overall") & (report["class"] == class_name) & (report["metric"] == metric)]
-    return float(rows[column].iloc[0]) if len(rows) else float("nan")
+    # A report read back from CSV may hold '' for an undefined value.
+    return float(pd.to_numeric(rows[column], errors="coerce").iloc[0]) if len(rows) else float("nan")
 
 
 def compare_ct_classifiers(images: pd.DataFrame, **results: Any) -> pd.DataFrame:
