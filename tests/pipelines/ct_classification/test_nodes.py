@@ -157,7 +157,7 @@ def test_ct_model_nodes_refuse_xray_rows():
      ("resnet152", 224, None, 224)],
 )
 def test_model_data_caps_the_reference_size(builder, reference, cap, expected):
-    data, sizes = model_data({"image_size": reference, "batch_size": 4}, {"builder": builder}, {"max_image_size": cap})
+    data, sizes = model_data({"image_size": reference, "batch_size": 4, "max_image_size": cap}, {"builder": builder})
     assert data["image_size"] == expected and data["batch_size"] == 4
     assert sizes == {"input_size": float(expected), "reference_input_size": float(reference)}
 
@@ -264,3 +264,31 @@ def test_catalog_resolves_every_ct_dataset():
         assert type(catalog[f"ct_classification.basic_cnn.{output}"]).__name__ == kind
     assert "ct_classification_comparison.csv" in str(catalog["ct_classification_comparison"]._describe()["filepath"])
     assert "06_models/ct_classification/vgg16.keras" in str(catalog["ct_classification.vgg16.model"]._describe()["filepath"])
+
+
+def test_grad_cam_with_and_without_lung_masks(tmp_path):
+    """The shared Grad-CAM node: with lung masks (X-ray) it measures the lung share;
+    without (CT) it draws the overlays and counts all-zero maps only."""
+    from covid_imaging.imaging.io import encode_png
+    from covid_imaging.pipelines.classification.nodes import (
+        explain_with_gradcam,
+        explain_with_gradcam_unmasked,
+    )
+
+    rows, masks = [], {}
+    for k, label in enumerate(["covid", "non_covid"]):
+        path = write_png(tmp_path / f"{k}.png", chest_like_image((32, 32), seed=k))
+        rows.append({"image_id": str(k), "label": label, "split": "test", "image_path": str(path),
+                     "default_variant": "whole", "in_training_sample": False})
+        mask = np.zeros((32, 32), np.uint8)
+        mask[4:28, 4:28] = 255
+        masks[f"masks/{k}"] = lambda mask=mask: encode_png(mask)
+    inputs = pd.DataFrame(rows)
+    model = build_classifier("simple_cnn", n_classes=2, input_size=32, filters=(4, 8), dense_units=8)
+    data = {"image_size": 32, "classes": ["non_covid", "covid"], "image_variant": "whole"}
+    figure, metrics = explain_with_gradcam(model, inputs, masks, data, {"per_class": 1})
+    assert {"gradcam_lung_share_mean", "gradcam_lung_share_std", "gradcam_maps_all_zero"} == set(metrics)
+    assert len(figure.axes) == 2
+    figure, metrics = explain_with_gradcam_unmasked(model, inputs, data, {"per_class": 1})
+    assert set(metrics) == {"gradcam_maps_all_zero"} and 0 <= metrics["gradcam_maps_all_zero"] <= 2
+    assert len(figure.axes) == 2

@@ -29,11 +29,11 @@ TINY = {
     "demo_data.generator.cxr_size": 64,
     "demo_data.generator.ct_size": 64,
     "preprocessing.resize.size": 64,
-    "ct_classification_data.max_image_size": 32,
 }
 for _model in CT_CLASSIFICATION_MODELS:
     TINY |= {
         f"ct_classification.{_model}.data.batch_size": 8,
+        f"ct_classification.{_model}.data.max_image_size": 32,
         f"ct_classification.{_model}.evaluation.n_bootstrap": 20,
         f"ct_classification.{_model}.gradcam.per_class": 1,
     }

@@ -82,18 +82,16 @@ def select_ct_images(
     return table
 
 
-def model_data(
-    data: dict[str, Any], model: dict[str, Any], params: dict[str, Any]
-) -> tuple[dict[str, Any], dict[str, float]]:
+def model_data(data: dict[str, Any], model: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
     """A model's data settings at this run's compute budget, and its sizes as metrics.
 
     ``data.image_size`` is the model's registered (reference) input size;
-    ``ct_classification_data.max_image_size`` (the CPU default; ``null`` in conf/gpu)
+    ``data.max_image_size`` (set per model at the CPU defaults; ``null`` in conf/gpu)
     caps it, never below what the builder accepts (InceptionV3: 75). The sizes go to
     MLflow (``input_size``, ``reference_input_size``) and to the comparison table.
     """
     reference = int(data["image_size"])
-    cap = params.get("max_image_size")
+    cap = data.get("max_image_size")
     size = reference if cap is None else min(reference, int(cap))
     application = KERAS_APPLICATIONS.get(str(model["builder"]).lower())
     size = max(size, application.min_input_size if application else 1)

@@ -8,7 +8,7 @@ MLflow run). Every model uses the X-ray classifiers' template
 (:func:`covid_imaging.pipelines.classification.pipeline.model_template`: train →
 evaluate → Grad-CAM, one training core) with every node guarded to CT slices
 (``ModalityGuarded(..., "ct")``), after a node that sets the model's input size for
-this run (``ct_classification_data.max_image_size``); the basic CNN also writes its
+this run (``data.max_image_size``); the basic CNN also writes its
 per-layer activation maps. ``ct_classification_comparison`` puts the models side by side.
 """
 
@@ -53,8 +53,7 @@ def ct_model_template(spec: ModelSpec) -> Pipeline:
     if spec.transfer_from:
         raise RegistryError(f"{spec.namespace}: transfer between CT models is not wired (transfer_from)")
     sizing = node(
-        model_data, ["params:data", "params:model", "params:ct_classification_data"], ["data", "input_metrics"],
-        name="model_data",
+        model_data, ["params:data", "params:model"], ["data", "input_metrics"], name="model_data",
     )
     nodes = [sizing, model_template(None, spec.modality, lung_masks=False, data="data")]
     if spec.builder in ACTIVATION_MAP_BUILDERS:
@@ -80,7 +79,6 @@ def create_pipeline(models: Iterable[str] | None = None, **kwargs) -> Pipeline:
         pipeline(
             ct_model_template(spec), namespace=spec.namespace,
             inputs={"classification_inputs": "ct_classification_inputs"},
-            parameters={"params:ct_classification_data": "params:ct_classification_data"},
         )
         for spec in specs
     ]
