@@ -141,6 +141,22 @@ def test_select_filters_sources_and_rejects_unknown_protocol():
         select_ct_images(table, {"sources": ["nowhere"]}, SPLITS)
 
 
+def test_cross_source_trains_on_one_source_and_tests_on_every_slice_of_the_other():
+    table = model_input_table()
+    table.loc[table["image_id"].str.match(r"ct1?[0-4]_"), "source"] = "ucsd_covid_ct"  # scans 0-4, 10-14
+    params = {"train_sources": ["ucsd_covid_ct"], "test_sources": ["sarscov2_ct"]}
+    selected = select_ct_images(table, params, SPLITS)
+    ucsd, sarscov2 = selected[selected["source"] == "ucsd_covid_ct"], selected[selected["source"] == "sarscov2_ct"]
+    assert set(ucsd["split"]) <= {"train", "validation"} and not ucsd.empty
+    assert (sarscov2["split"] == "test").all() and len(sarscov2) == 50 and not sarscov2["in_training_sample"].any()
+    assert (selected["evaluation"] == "ucsd_covid_ct -> sarscov2_ct").all()
+    assert (select_ct_images(table, {}, SPLITS)["evaluation"] == "all sources").all()
+    with pytest.raises(ValueError, match="go together"):
+        select_ct_images(table, {"train_sources": ["ucsd_covid_ct"]}, SPLITS)
+    with pytest.raises(ValueError, match="no CT slices"):
+        select_ct_images(table, {"train_sources": ["ucsd_covid_ct"], "test_sources": ["elsewhere"]}, SPLITS)
+
+
 def test_ct_model_nodes_refuse_xray_rows():
     guarded = ModalityGuarded(evaluate_classifier, "ct")
     xrays = model_input_table().query("task == 'classification'").assign(modality="cxr")
@@ -196,11 +212,11 @@ def test_comparison_table_has_one_row_per_model_with_cis():
         results[f"{model}__gradcam"] = {"gradcam_maps_all_zero": 0.0}
         results[f"{model}__sizes"] = {"input_size": 64.0, "reference_input_size": 224.0}
         results[f"{model}__report"] = _report(0.6)
-    images = pd.DataFrame({"split_protocol": ["grouped"]})
+    images = pd.DataFrame({"split_protocol": ["grouped"], "evaluation": ["all sources"]})
     table = compare_ct_classifiers(images, **results)
     assert list(table["model"]) == list(CT_CLASSIFICATION_MODELS) and len(table) == 9
-    assert list(table.columns[:12]) == [
-        "model", "split_protocol", "input_size", "reference_input_size", "n_test", "test_accuracy",
+    assert list(table.columns[:13]) == [
+        "model", "split_protocol", "evaluation", "input_size", "reference_input_size", "n_test", "test_accuracy",
         "test_balanced_accuracy", "test_balanced_accuracy_ci_low", "test_balanced_accuracy_ci_high",
         "test_roc_auc", "test_roc_auc_ci_low", "test_roc_auc_ci_high"]
     assert {"test_covid_f1", "test_covid_recall", "test_covid_precision", "test_accuracy_sarscov2_ct",

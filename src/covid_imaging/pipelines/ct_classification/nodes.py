@@ -47,8 +47,13 @@ def select_ct_images(
       fractions, seed and training-split undersampling), so neighbouring slices of one
       scan land on both sides: optimistic, for comparison only.
 
+    Cross-source test (``train_sources`` and ``test_sources``, disjoint lists): the
+    models train and validate on the train and validation slices of ``train_sources``
+    and are tested on every slice of ``test_sources`` (never seen in training).
+
     The table keeps only :data:`CT_COLUMNS` (no channel count or file format), with
-    ``default_variant = whole`` (CT slices are never lung-masked) and the protocol.
+    ``default_variant = whole`` (CT slices are never lung-masked), the protocol and the
+    ``evaluation`` it serves (``all sources`` or ``<train> -> <test>``).
     """
     protocol = params.get("split_protocol", "grouped")
     if protocol not in SPLIT_PROTOCOLS:
@@ -72,7 +77,8 @@ def select_ct_images(
         table = undersample_training_split(
             resplit, {"seed": splits.get("seed", 42), "undersampling": {"enabled": True, "tasks": list(set(resplit["task"]))}}
         )[CT_COLUMNS]
-    table = table.assign(default_variant="whole", split_protocol=protocol)
+    table, evaluation = _cross_source(table, params.get("train_sources"), params.get("test_sources"))
+    table = table.assign(default_variant="whole", split_protocol=protocol, evaluation=evaluation)
     counts = table.groupby(["split", "source", "label"]).size().unstack(fill_value=0)
     logger.info("CT slices (%s split):\n%s", protocol, counts.to_string())
     if protocol == "grouped":
@@ -80,6 +86,26 @@ def select_ct_images(
         if (leaking > 1).any():
             raise AssertionError(f"CT scan groups in several splits: {list(leaking[leaking > 1].index[:5])}")
     return table
+
+
+def _cross_source(
+    table: pd.DataFrame, train_sources: list[str] | None, test_sources: list[str] | None
+) -> tuple[pd.DataFrame, str]:
+    if not train_sources and not test_sources:
+        return table, "all sources"
+    if not train_sources or not test_sources or set(train_sources) & set(test_sources):
+        raise ValueError(
+            "ct_classification_data.train_sources and test_sources go together and must not overlap, "
+            f"got {train_sources} and {test_sources}"
+        )
+    for name, sources in (("train_sources", train_sources), ("test_sources", test_sources)):
+        missing = sorted(set(sources) - set(table["source"]))
+        if missing:
+            raise ValueError(f"ct_classification_data.{name}: no CT slices of {missing}")
+    development = table[table["source"].isin(train_sources) & (table["split"] != "test")]
+    test = table[table["source"].isin(test_sources)].assign(split="test", cv_fold=-1, in_training_sample=False)
+    evaluation = f"{'+'.join(train_sources)} -> {'+'.join(test_sources)}"
+    return pd.concat([development, test], ignore_index=True), evaluation
 
 
 def model_data(data: dict[str, Any], model: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
@@ -141,7 +167,7 @@ def _report_value(report: pd.DataFrame, class_name: str, metric: str, column: st
 
 
 def compare_ct_classifiers(images: pd.DataFrame, **results: Any) -> pd.DataFrame:
-    """One row per CT model: split protocol, input size, test metrics (macro) with the
+    """One row per CT model: split protocol, evaluation (all sources or cross-source), input size, test metrics (macro) with the
     bootstrap 95% CI of balanced accuracy and AUC, COVID-class precision/recall/F1,
     per-source accuracy, test size and the count of all-zero Grad-CAM maps.
 
@@ -160,7 +186,8 @@ def compare_ct_classifiers(images: pd.DataFrame, **results: Any) -> pd.DataFrame
         table.loc[row, "n_test"] = _report_value(report, "macro", "accuracy", "n")
     protocol = str(images["split_protocol"].iloc[0]) if len(images) else ""
     table.insert(1, "split_protocol", protocol)
-    first = ["model", "split_protocol", "input_size", "reference_input_size", "n_test", "test_accuracy",
+    table.insert(2, "evaluation", str(images["evaluation"].iloc[0]) if "evaluation" in images and len(images) else "")
+    first = ["model", "split_protocol", "evaluation", "input_size", "reference_input_size", "n_test", "test_accuracy",
              "test_balanced_accuracy", "test_balanced_accuracy_ci_low", "test_balanced_accuracy_ci_high",
              "test_roc_auc", "test_roc_auc_ci_low", "test_roc_auc_ci_high"]
     ordered = [c for c in first if c in table.columns] + [c for c in table.columns if c not in first]
