@@ -117,6 +117,8 @@ def test_select_keeps_ct_slices_only_and_the_grouped_split():
     merged = selected.merge(table[["image_id", "split"]], on="image_id", suffixes=("", "_project"))
     assert (merged["split"] == merged["split_project"]).all()
     assert (selected.groupby("group_id")["split"].nunique() == 1).all()  # no scan in two splits
+    assert selected.loc[selected["in_training_sample"], "label"].value_counts().to_dict() == {"covid": 30, "non_covid": 30}
+    assert not selected.loc[selected["split"] != "train", "in_training_sample"].any()
 
 
 def test_random_slice_protocol_splits_scans_across_splits():

@@ -44,8 +44,11 @@ def select_ct_images(
       by scan: UCSD by source paper / runs of ids, SARS-CoV-2 by linked runs of slice
       numbers, see ``pipelines/ingestion/groups.py``): no scan in two splits;
     * ``random_slices``: the reference protocol, every slice its own group (same
-      fractions, seed and training-split undersampling), so neighbouring slices of one
-      scan land on both sides: optimistic, for comparison only.
+      fractions and seed), so neighbouring slices of one scan land on both sides:
+      optimistic, for comparison only.
+
+    Either way the training split is then undersampled to balanced classes within the
+    selection (validation and test keep their prevalence).
 
     Cross-source test (``train_sources`` and ``test_sources``, disjoint lists): the
     models train and validate on the train and validation slices of ``train_sources``
@@ -72,12 +75,15 @@ def select_ct_images(
     if protocol == "random_slices":
         slices = table.drop(columns=["split", "cv_fold", "in_training_sample"])
         resplit = split_rows(slices.assign(group_id=slices["image_id"], stratum=slices["label"]), splits)
-        resplit = resplit.drop(columns="stratum").assign(group_id=slices["group_id"].to_numpy())
-        resplit["in_training_sample"] = resplit["split"] == "train"
-        table = undersample_training_split(
-            resplit, {"seed": splits.get("seed", 42), "undersampling": {"enabled": True, "tasks": list(set(resplit["task"]))}}
+        table = resplit.drop(columns="stratum").assign(
+            group_id=slices["group_id"].to_numpy(), in_training_sample=False
         )[CT_COLUMNS]
     table, evaluation = _cross_source(table, params.get("train_sources"), params.get("test_sources"))
+    # The training split, undersampled to balanced classes within this selection (seeded).
+    table = undersample_training_split(
+        table.assign(in_training_sample=table["split"] == "train").reset_index(drop=True),
+        {"seed": splits.get("seed", 42), "undersampling": {"enabled": True, "tasks": sorted(set(table["task"]))}},
+    )[CT_COLUMNS]
     table = table.assign(default_variant="whole", split_protocol=protocol, evaluation=evaluation)
     counts = table.groupby(["split", "source", "label"]).size().unstack(fill_value=0)
     logger.info("CT slices (%s split):\n%s", protocol, counts.to_string())
