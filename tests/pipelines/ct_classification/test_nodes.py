@@ -114,11 +114,22 @@ def test_select_keeps_ct_slices_only_and_the_grouped_split():
     selected = select_ct_images(table, {"classes": ["non_covid", "covid"], "split_protocol": "grouped"}, SPLITS)
     assert set(selected["modality"]) == {"ct"} and len(selected) == 100
     assert (selected["default_variant"] == "whole").all() and (selected["split_protocol"] == "grouped").all()
-    merged = selected.merge(table[["image_id", "split"]], on="image_id", suffixes=("", "_project"))
-    assert (merged["split"] == merged["split_project"]).all()
+    assert set(selected["split"]) == {"train", "validation", "test"}
     assert (selected.groupby("group_id")["split"].nunique() == 1).all()  # no scan in two splits
-    assert selected.loc[selected["in_training_sample"], "label"].value_counts().to_dict() == {"covid": 30, "non_covid": 30}
+    training = selected.loc[selected["in_training_sample"], "label"].value_counts()
+    assert set(training.index) == {"covid", "non_covid"} and training.nunique() == 1  # balanced
     assert not selected.loc[selected["split"] != "train", "in_training_sample"].any()
+
+
+def test_ct_split_is_stratified_by_source_and_label_with_ct_fractions():
+    table = model_input_table()
+    table.loc[table["image_id"].str.match(r"ct\d_"), "source"] = "ucsd_covid_ct"  # scans 0-9; 10-19 sarscov2
+    params = {"splits": {"test_fraction": 0.2, "validation_fraction": 0.2, "n_bins": 5, "n_folds": 0}}
+    selected = select_ct_images(table, params, SPLITS)
+    test = selected[selected["split"] == "test"]
+    assert set(zip(test["source"], test["label"], strict=True)) == {
+        (s, label) for s in ("ucsd_covid_ct", "sarscov2_ct") for label in ("covid", "non_covid")}
+    assert len(test) == 20 and (selected["cv_fold"] == -1).all()  # 1 scan of 5 per source x label; no folds
 
 
 def test_random_slice_protocol_splits_scans_across_splits():

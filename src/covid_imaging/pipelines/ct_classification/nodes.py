@@ -40,12 +40,16 @@ def select_ct_images(
     """The CT slices (modality ``ct`` only) of the classes and sources configured, split by
     ``params["split_protocol"]``:
 
-    * ``grouped`` (default): the project's split (stratified by task and label, grouped
-      by scan: UCSD by source paper / runs of ids, SARS-CoV-2 by linked runs of slice
-      numbers, see ``pipelines/ingestion/groups.py``): no scan in two splits;
-    * ``random_slices``: the reference protocol, every slice its own group (same
-      fractions and seed), so neighbouring slices of one scan land on both sides:
-      optimistic, for comparison only.
+    * ``grouped`` (default): grouped by scan (UCSD by source paper / runs of ids,
+      SARS-CoV-2 by linked runs of slice numbers, see ``pipelines/ingestion/groups.py``):
+      no scan in two splits;
+    * ``random_slices``: the reference protocol, every slice its own group, so
+      neighbouring slices of one scan land on both sides: optimistic, for comparison only.
+
+    Both use the ``splits`` fractions, bins and seed (``params["splits"]`` overrides them
+    for CT), stratified by source x label (the
+    project's joint split is stratified by task x label only, which with the coarse
+    SARS-CoV-2 scan groups can put a source's two classes in different splits).
 
     Either way the training split is then undersampled to balanced classes within the
     selection (validation and test keep their prevalence).
@@ -72,12 +76,16 @@ def select_ct_images(
     if table.empty:
         raise ValueError(f"No CT slices of classes {classes} and sources {sources} in the model input table")
     table = check_modality(table[CT_COLUMNS].reset_index(drop=True), MODALITY, "select_ct_images")
-    if protocol == "random_slices":
-        slices = table.drop(columns=["split", "cv_fold", "in_training_sample"])
-        resplit = split_rows(slices.assign(group_id=slices["image_id"], stratum=slices["label"]), splits)
-        table = resplit.drop(columns="stratum").assign(
-            group_id=slices["group_id"].to_numpy(), in_training_sample=False
-        )[CT_COLUMNS]
+    # Both protocols split the CT slices alike (the splits' fractions, bins and seed),
+    # stratified by source x label so that every source brings both classes to every
+    # split where it can; they differ only in the groups: scans, or single slices.
+    splits = {**splits, **(params.get("splits") or {})}  # CT overrides of the project's fractions
+    slices = table.drop(columns=["split", "cv_fold", "in_training_sample"])
+    groups = slices["group_id"] if protocol == "grouped" else slices["image_id"]
+    resplit = split_rows(slices.assign(group_id=groups, stratum=slices["source"] + "/" + slices["label"]), splits)
+    table = resplit.drop(columns="stratum").assign(
+        group_id=slices["group_id"].to_numpy(), in_training_sample=False
+    )[CT_COLUMNS]
     table, evaluation = _cross_source(table, params.get("train_sources"), params.get("test_sources"))
     # The training split, undersampled to balanced classes within this selection (seeded).
     table = undersample_training_split(
