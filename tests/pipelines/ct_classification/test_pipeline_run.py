@@ -4,7 +4,8 @@ evaluation, Grad-CAM, activation maps, comparison, MLflow runs.
 All nine namespaces are built and checked; the run itself trains three of them
 (basic CNN, AlexNet, MobileNet: the registered pipeline restricted to those models by
 ``create_pipeline(models=...)``), because the deep ImageNet backbones cost minutes each
-on a CPU even at 32 px and one epoch (graph tracing, 0.2-0.7 GB model files).
+on a CPU even at 32 px and one epoch (graph tracing; their saved .keras files with the
+optimizer state are hundreds of MB).
 """
 
 from __future__ import annotations
