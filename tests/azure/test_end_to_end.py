@@ -24,9 +24,10 @@ from kedro_datasets.partitions import PartitionedDataset
 from covid_imaging.azure.credentials import AZURITE_KEY, BlobCredentials
 from covid_imaging.azure.upload import upload_folder
 from covid_imaging.datasets.atomic_csv import AtomicCSVDataset
+from covid_imaging.pipelines.segmentation.pipeline import ENSEMBLE, SEGMENTATION_MODELS
 
 ROOT = Path(__file__).resolve().parents[2]
-MODELS = ("unet", "fcn", "deeplabv3")
+MODELS = SEGMENTATION_MODELS
 # Small enough for 2 CPU cores: 32 px inputs, one epoch.
 TINY = ["preprocessing.resize.size=64"] + [
     item
@@ -155,7 +156,7 @@ def test_kedro_run_segmentation_env_azure(
         and manifest["image_uri"].str.startswith(f"abfs://{container}/{prefix}/").all()
     )
     comparison = pd.read_csv(project / "data/08_reporting/segmentation_comparison.csv")
-    assert set(comparison["model"]) == set(MODELS)
+    assert set(comparison["model"]) == {*MODELS, ENSEMBLE}
     assert list((project / "data/.blob_cache").rglob("index.json"))
 
     # Nothing secret in MLflow (params, tags, metrics keys).
