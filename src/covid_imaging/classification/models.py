@@ -131,6 +131,16 @@ def _check_common_args(n_classes: int, input_size: int, channels: int, min_size:
 # --------------------------------------------------------------------- small CNNs
 
 
+def _conv_pool_blocks(x, filters: Sequence[int], dropout: float = 0.0):
+    """``len(filters)`` x [3x3 ReLU Conv2D -> 2x2 MaxPool (-> Dropout when ``dropout``)]."""
+    for index, n_filters in enumerate(filters, start=1):
+        x = keras.layers.Conv2D(n_filters, 3, padding="same", activation="relu", name=f"conv{index}")(x)
+        x = keras.layers.MaxPooling2D(2, name=f"pool{index}")(x)
+        if dropout:
+            x = keras.layers.Dropout(dropout, name=f"conv_dropout{index}")(x)
+    return x
+
+
 def build_simple_cnn(
     n_classes: int,
     input_size: int = 224,
@@ -150,12 +160,7 @@ def build_simple_cnn(
     """
     _check_common_args(n_classes, input_size, channels, min_size=2 ** len(filters))
     inputs = _image_input(input_size, channels)
-    x = inputs
-    for index, n_filters in enumerate(filters, start=1):
-        x = keras.layers.Conv2D(
-            n_filters, 3, padding="same", activation="relu", name=f"conv{index}"
-        )(x)
-        x = keras.layers.MaxPooling2D(2, name=f"pool{index}")(x)
+    x = _conv_pool_blocks(inputs, filters)
     if flatten:
         x = keras.layers.Flatten(name="flatten")(x)
     else:
@@ -189,13 +194,7 @@ def build_basic_cnn(
     """
     _check_common_args(n_classes, input_size, channels, min_size=2 ** len(filters))
     inputs = _image_input(input_size, channels)
-    x = inputs
-    for index, n_filters in enumerate(filters, start=1):
-        x = keras.layers.Conv2D(
-            n_filters, 3, padding="same", activation="relu", name=f"conv{index}"
-        )(x)
-        x = keras.layers.MaxPooling2D(2, name=f"pool{index}")(x)
-        x = keras.layers.Dropout(conv_dropout, name=f"conv_dropout{index}")(x)
+    x = _conv_pool_blocks(inputs, filters, conv_dropout)
     x = keras.layers.Flatten(name="flatten")(x)
     for index in range(1, n_dense_with_dropout + n_dense + 1):
         x = keras.layers.Dense(dense_units, activation="relu", name=f"dense{index}")(x)
