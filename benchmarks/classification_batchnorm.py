@@ -7,7 +7,10 @@ in ``../shared/data`` (whole images, no lung masks) twice, same data, same seed:
 * ``keras_default``: Keras' BatchNorm momentum 0.99, no warm-up (the pipeline before
   issue 13);
 * ``fixed``: BatchNorm momentum ``--bn-momentum`` (default 0.9) and a linear learning-rate
-  warm-up over the first epoch (the training core's CPU defaults, see
+  warm-up over the first epoch;
+* ``recomputed``: as ``fixed``, and after each epoch's last step the moving statistics are
+  recomputed from ``--recompute-batches`` training batches at the current weights
+  ("precise BN"; the CPU defaults of the deep backbones in
   conf/base/parameters/classification.yml).
 
 Per epoch it prints the training loss (training mode, running mean over the epoch),
@@ -23,6 +26,7 @@ mechanics, not a benchmark of generalisation). No asserts; nothing is written.
 Usage:
     nice -n 15 python benchmarks/classification_batchnorm.py [--data ../shared/data]
         [--builder resnet50] [--image-size 64] [--per-class 75] [--epochs 5]
+        [--variants keras_default,fixed,recomputed]
 """
 
 from __future__ import annotations
@@ -93,10 +97,12 @@ def run(args: argparse.Namespace, variant: str) -> None:
         "early_stopping": {"enabled": False}, "reduce_lr": {"enabled": False},
         "batchnorm_momentum": None if variant == "keras_default" else args.bn_momentum,
         "warmup_epochs": 0 if variant == "keras_default" else 1,
+        "batchnorm_recompute_batches": args.recompute_batches if variant == "recomputed" else 0,
     }
     print(f"\n== {variant}: {args.builder} {args.image_size} px, {len(train)} training / {len(validation)} "
           f"validation images, batch {args.batch_size}, BatchNorm momentum "
-          f"{params['batchnorm_momentum'] or 0.99}, warm-up epochs {params['warmup_epochs']}")
+          f"{params['batchnorm_momentum'] or 0.99}, warm-up epochs {params['warmup_epochs']}, statistics "
+          f"recomputed from {params['batchnorm_recompute_batches']} batches per epoch")
     print("epoch  train_loss  val_loss(inference)  val_loss(batch stats)  val_bal_acc  s/epoch  cpu_s/epoch")
     # One epoch per call so the two validation modes can be measured in between; the
     # optimizer state is kept (train_classifier compiles once, then resumes with initial_epoch).
@@ -122,7 +128,8 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--bn-momentum", type=float, default=0.9)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--variants", default="keras_default,fixed")
+    parser.add_argument("--recompute-batches", type=int, default=8)
+    parser.add_argument("--variants", default="keras_default,fixed,recomputed")
     args = parser.parse_args()
     if not (Path(args.data) / "manifest.csv").is_file():
         print(f"No manifest.csv under {args.data}; point --data at the shared data folder.", file=sys.stderr)

@@ -13,6 +13,7 @@ from covid_imaging.segmentation.training import train_segmentation_model
 from covid_imaging.training import (
     batchnorm_layers,
     precision_policy,
+    recompute_batchnorm_statistics,
     resolve_training_params,
     seed_everything,
     set_batchnorm_momentum,
@@ -173,4 +174,21 @@ def test_same_seed_same_weights():
 
     first, second = run(), run()
     for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_recomputed_batchnorm_statistics_are_those_of_the_current_network():
+    # Moving statistics from another distribution (mean 0) are replaced by the mean of
+    # the batch means at the current weights (inputs of mean 5 and 7: 6), exactly.
+    model = _tiny_classifier(batch_norm=True)
+    model(np.zeros((4, 4, 4, 1), np.float32), training=True)
+    batches = np.concatenate([np.full((4, 4, 4, 1), 5.0, np.float32), np.full((4, 4, 4, 1), 7.0, np.float32)])
+    dataset = tf.data.Dataset.from_tensor_slices((batches, np.zeros(8, np.int32))).batch(4)
+    before = [np.array(w) for w in model.get_layer("classifier").get_weights()]
+    assert recompute_batchnorm_statistics(model, dataset, n_batches=5) == 2
+    bn = model.get_layer("bn")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_mean), 6.0, rtol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_variance), 0.0, atol=1e-6)  # constant batches
+    assert bn.momentum == pytest.approx(0.99)  # the layer's own momentum is back
+    for a, b in zip(before, model.get_layer("classifier").get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)

@@ -9,7 +9,10 @@ of its activations and predicts one class. A lower momentum lets the averages se
 
 from __future__ import annotations
 
+import itertools
+
 import keras
+import tensorflow as tf
 
 
 def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
@@ -34,3 +37,44 @@ def set_batchnorm_momentum(model: keras.Model, momentum: float) -> int:
     for layer in layers:
         layer.momentum = float(momentum)
     return len(layers)
+
+
+def recompute_batchnorm_statistics(model: keras.Model, dataset: tf.data.Dataset, n_batches: int) -> int:
+    """Replace every BatchNorm layer's moving statistics by the average of its batch
+    statistics over ``n_batches`` training batches at the current weights ("precise BN").
+
+    Moving averages lag the weights: after a few hundred fast-changing steps they
+    describe an earlier network. Each batch is run in training mode with the momentum
+    set so that the moving value becomes the running mean of the batches seen (the first
+    batch replaces it); the layers' own momenta are restored afterwards. No weight other
+    than the moving statistics changes. Returns the number of batches used.
+    """
+    layers = batchnorm_layers(model)
+    if not layers or n_batches < 1:
+        return 0
+    momenta = [layer.momentum for layer in layers]
+    used = 0
+    try:
+        for used, batch in enumerate(itertools.islice(dataset, n_batches), start=1):
+            images = batch[0] if isinstance(batch, tuple | list) else batch
+            for layer in layers:
+                layer.momentum = (used - 1) / used  # running mean: moving = mean of batches 1..used
+            model(images, training=True)
+    finally:
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum
+    return used
+
+
+class PreciseBatchNorm(keras.callbacks.Callback):
+    """After the last training step of every epoch (before validation), recompute the
+    BatchNorm moving statistics from ``n_batches`` batches of ``dataset``."""
+
+    def __init__(self, dataset: tf.data.Dataset, n_batches: int) -> None:
+        super().__init__()
+        self.dataset, self.n_batches = dataset, int(n_batches)
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        steps = self.params.get("steps")
+        if steps and batch + 1 == steps:
+            recompute_batchnorm_statistics(self.model, self.dataset, self.n_batches)

@@ -21,6 +21,8 @@ loss, metrics and task-specific defaults::
     reduce_lr: {enabled: true, patience: 5, factor: 0.1, min_lr: 1.0e-7}
     early_stopping: {enabled: true, patience: 10, min_delta: 0.0}
     batchnorm_momentum: null        # null: the layers' own (Keras: 0.99)
+    batchnorm_recompute_batches: 0  # > 0: after each epoch's last step, BatchNorm moving
+                                    #   statistics = mean over this many training batches
     seed: null                      # seeds Python, NumPy and TF before training
     deterministic: true             # tf.config.experimental.enable_op_determinism
     mixed_precision: false          # GPU only: mixed_float16 while the model is built
@@ -40,7 +42,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from covid_imaging.training.batchnorm import set_batchnorm_momentum
+from covid_imaging.training.batchnorm import PreciseBatchNorm, set_batchnorm_momentum
 from covid_imaging.params import merge_params
 
 History = dict[str, list[float]]
@@ -61,6 +63,7 @@ CORE_TRAINING_DEFAULTS: dict[str, Any] = {
     "reduce_lr": {"enabled": True, "patience": 5, "factor": 0.1, "min_lr": 1e-7},
     "early_stopping": {"enabled": True, "patience": 10, "min_delta": 0.0},
     "batchnorm_momentum": None,
+    "batchnorm_recompute_batches": 0,
     "seed": None,
     "deterministic": True,
     "mixed_precision": False,
@@ -91,6 +94,8 @@ def resolve_training_params(
         raise ValueError(f"{where}.jit_compile must be true, false or 'auto', got {resolved['jit_compile']!r}")
     if int(resolved["epochs"]) < 1:
         raise ValueError(f"{where}.epochs must be >= 1, got {resolved['epochs']}")
+    if int(resolved["batchnorm_recompute_batches"]) < 0:
+        raise ValueError(f"{where}.batchnorm_recompute_batches must be >= 0, got {resolved['batchnorm_recompute_batches']}")
     if int(resolved["warmup_epochs"]) < 0:
         raise ValueError(f"{where}.warmup_epochs must be >= 0, got {resolved['warmup_epochs']}")
     resolved["lr_drop_epochs"] = [int(epoch) for epoch in resolved["lr_drop_epochs"] or ()]
@@ -344,6 +349,8 @@ def fit_model(
     if compile:
         compile_model(model, params, loss=loss, metrics=metrics)
     monitor = "val_loss" if val_ds is not None else "loss"
+    if int(params["batchnorm_recompute_batches"]) > 0:
+        extra_callbacks = [PreciseBatchNorm(train_ds, int(params["batchnorm_recompute_batches"])), *extra_callbacks]
     learning_rates = LearningRateRecorder()
     best_weights = BestWeightsKeeper(monitor)
     fit_history = model.fit(
