@@ -67,7 +67,6 @@ from covid_imaging.segmentation.models import (  # noqa: E402
     MODEL_BUILDERS,
     build_segmentation_model,
 )
-from covid_imaging.training import configure_gpus  # noqa: E402
 from covid_imaging.segmentation.training import (  # noqa: E402
     DEFAULT_TRAINING_PARAMS,
     compile_segmentation_model,
@@ -75,6 +74,7 @@ from covid_imaging.segmentation.training import (  # noqa: E402
     set_global_seed,
     train_segmentation_model,
 )
+from covid_imaging.training import configure_gpus  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "cxr_segmentation" / "shenzhen"

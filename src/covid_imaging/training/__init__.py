@@ -1,5 +1,6 @@
 """The one training core shared by the segmentation and classification models."""
 
+from covid_imaging.params import merge_params
 from covid_imaging.training.batchnorm import (
     PreciseBatchNorm,
     batchnorm_layers,
@@ -24,7 +25,6 @@ from covid_imaging.training.core import (
     step_decay,
     training_device,
 )
-from covid_imaging.params import merge_params
 
 __all__ = [
     "CORE_TRAINING_DEFAULTS", "DEVICE_KEYS", "BestWeightsKeeper", "LearningRateRecorder", "LinearWarmup", "PreciseBatchNorm",

@@ -42,8 +42,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from covid_imaging.training.batchnorm import PreciseBatchNorm, set_batchnorm_momentum
 from covid_imaging.params import merge_params
+from covid_imaging.training.batchnorm import PreciseBatchNorm, set_batchnorm_momentum
 
 History = dict[str, list[float]]
 

@@ -34,11 +34,9 @@ from covid_imaging.classification.training import (
     make_classification_dataset,
     train_classifier,
 )
-from covid_imaging.params import merge_params
-from covid_imaging.segmentation.plots import plot_training_curves
-from covid_imaging.training import seed_everything
 from covid_imaging.classification.transfer import transfer_weights
 from covid_imaging.imaging.io import decode_gray, encode_png
+from covid_imaging.params import merge_params
 from covid_imaging.registry import (
     MODALITIES,
     ModalityError,
@@ -46,7 +44,9 @@ from covid_imaging.registry import (
     modality_of_task,
     with_modality,
 )
+from covid_imaging.segmentation.plots import plot_training_curves
 from covid_imaging.segmentation.postprocessing import postprocess_probability_map
+from covid_imaging.training import seed_everything
 
 matplotlib.use("Agg")
 logger = logging.getLogger(__name__)
@@ -457,7 +457,9 @@ def repeat_over_seeds(
     n_seeds = int(evaluation["n_seeds"])
     if n_seeds < 1:
         raise ValueError(f"evaluation.n_seeds must be >= 1, got {n_seeds}")
-    from sklearn.metrics import balanced_accuracy_score  # noqa: PLC0415 - scikit-learn is heavy to import
+    from sklearn.metrics import (
+        balanced_accuracy_score,  # noqa: PLC0415 - scikit-learn is heavy to import
+    )
 
     test = _rows(inputs, data, "test")
     values = [float(test_metrics["test_balanced_accuracy"])]
