@@ -238,3 +238,14 @@ def test_dataset_rejects_mismatched_labels(png_folder):
     paths, _ = png_folder
     with pytest.raises(ValueError, match="labels"):
         make_classification_dataset(paths, [0, 1])
+
+
+def test_a_trained_classifier_round_trips_through_a_keras_file_with_its_metrics(tmp_path):
+    # The catalog loads models compiled: the balanced-accuracy metric must deserialise.
+    model = build_simple_cnn(3, **SMALL_CNN)
+    train_classifier(model, tiny_dataset(32), None, {"epochs": 1, **FAST})
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    images, _ = random_batch(32)
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), rtol=1e-5)

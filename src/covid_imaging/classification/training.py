@@ -45,6 +45,7 @@ def resolve_classification_params(params: Mapping[str, Any] | None = None, *, wh
     return resolved
 
 
+@keras.saving.register_keras_serializable(package="covid_imaging")  # saved models load with it compiled
 class BalancedAccuracy(keras.metrics.Metric):
     """Mean per-class recall over the classes seen so far (sparse labels, probabilities).
 
