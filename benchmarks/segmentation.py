@@ -70,11 +70,11 @@ from covid_imaging.segmentation.models import (  # noqa: E402
 from covid_imaging.segmentation.training import (  # noqa: E402
     DEFAULT_TRAINING_PARAMS,
     compile_segmentation_model,
-    configure_device,
     describe_device,
     set_global_seed,
     train_segmentation_model,
 )
+from covid_imaging.training import configure_gpus  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "cxr_segmentation" / "shenzhen"
@@ -396,7 +396,7 @@ def thread_report() -> str:
 def main() -> None:
     args = parse_args()
     pairs = find_pairs(args.data)
-    configure_device()  # as the training node: memory growth on GPUs, float32 policy
+    configure_gpus()  # as the training node: memory growth on GPUs (float32: the default policy)
     augmentation = pipeline_augmentation()
     load_start = os.getloadavg()[0]
     run_start, cpu_start = time.perf_counter(), time.process_time()

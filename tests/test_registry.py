@@ -52,7 +52,7 @@ def test_registry_holds_the_three_families():
     assert set(REGISTRY.names("segmentation")) == {"unet", "fcn", "deeplabv3"}
     assert set(REGISTRY.names("cxr_classification")) == {
         "simple_cnn_pneumonia", "simple_cnn_scratch", "simple_cnn_transfer", "simple_cnn_unmasked",
-        "lungless_audit", "resnet50", "hrnet",
+        "lungless_audit", "simple_cnn_mixed", "lungless_audit_mixed", "resnet50", "hrnet",
     }
     ct = REGISTRY.models("ct_classification")
     assert {spec.name: spec.input_size for spec in ct} == CT_STUDY
@@ -72,8 +72,11 @@ def test_every_registered_model_points_at_an_existing_builder():
 def test_transfer_source_audit_pair_and_lung_model_come_from_the_parameters():
     transfer = REGISTRY.get("cxr_classification", "simple_cnn_transfer")
     assert transfer.transfer_from == "simple_cnn_pneumonia"
-    [(audited, audit)] = REGISTRY.shortcut_audits("cxr_classification")
+    (audited, audit), (mixed, mixed_audit) = REGISTRY.shortcut_audits("cxr_classification")
     assert (audited.name, audit.name, audit.image_variant) == ("simple_cnn_scratch", "lungless_audit", "lungless")
+    assert (mixed.name, mixed_audit.name, mixed_audit.classes) == (
+        "simple_cnn_mixed", "lungless_audit_mixed", ("normal", "pneumonia", "covid"),
+    )
     assert REGISTRY.lung_segmentation_model == "unet"
     assert REGISTRY.get("cxr_classification", "simple_cnn_unmasked").image_variant == "whole"
 
@@ -106,12 +109,16 @@ def test_classification_pipeline_wires_transfer_audit_and_lung_model_from_the_re
         "classification.simple_cnn_scratch.test_metrics", "classification.lungless_audit.test_metrics",
     ]
     assert "params:classification.simple_cnn_scratch.data" in audit.inputs
+    assert nodes["audit_shortcuts_simple_cnn_mixed"].outputs == ["shortcut_audit_simple_cnn_mixed"]
     assert f"segmentation.{REGISTRY.lung_segmentation_model}.model" in nodes["mask_lungs"].inputs
 
 
 def test_every_per_model_classification_node_is_guarded_by_its_modality():
-    per_model = [n for n in classification_pipeline.create_pipeline().nodes if n.namespace]
-    assert per_model
+    # Every node that reads images (the classification_inputs table); the learning-curve
+    # plot reads only the training history.
+    per_model = [n for n in classification_pipeline.create_pipeline().nodes
+                 if n.namespace and "classification_inputs" in n.inputs]
+    assert len(per_model) == 4 * len(REGISTRY.names("cxr_classification"))  # train, evaluate, Grad-CAM, seeds
     for n in per_model:
         assert isinstance(n.func, ModalityGuarded), n.name
         assert n.func.modality == REGISTRY.by_namespace(n.namespace).modality == "cxr"

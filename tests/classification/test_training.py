@@ -8,15 +8,16 @@ import tensorflow as tf
 
 from covid_imaging.classification.models import build_simple_cnn
 from covid_imaging.classification.training import (
-    TrainingParams,
+    BalancedAccuracy,
     balanced_class_weights,
     fine_tune_two_phase,
     make_classification_dataset,
-    make_optimizer,
     merge_histories,
+    resolve_classification_params,
     train_classifier,
     undersample_indices,
 )
+from covid_imaging.training import make_optimizer
 
 from .helpers import leaf_weights, random_batch, tiny_dataset, weights_equal
 
@@ -28,16 +29,16 @@ FAST = {"run_eagerly": True}
 
 
 def test_params_fill_optimizer_defaults():
-    sgd = TrainingParams.from_dict({"optimizer": "sgd"})
-    assert sgd.resolved_learning_rate == pytest.approx(0.01)
-    assert sgd.resolved_weight_decay == pytest.approx(1e-4)
-    adam = TrainingParams.from_dict({})
-    assert adam.resolved_learning_rate == pytest.approx(1e-3)
-    assert adam.resolved_weight_decay is None
+    sgd = resolve_classification_params({"optimizer": "sgd"})
+    assert sgd["learning_rate"] == pytest.approx(0.01)
+    assert sgd["weight_decay"] == pytest.approx(1e-4)
+    adam = resolve_classification_params({})
+    assert adam["learning_rate"] == pytest.approx(1e-3)
+    assert adam["weight_decay"] is None
 
 
 def test_sgd_optimizer_uses_momentum_and_weight_decay():
-    optimizer = make_optimizer(TrainingParams.from_dict({"optimizer": "sgd"}))
+    optimizer = make_optimizer(resolve_classification_params({"optimizer": "sgd"}))
     assert isinstance(optimizer, keras.optimizers.SGD)
     assert optimizer.momentum == pytest.approx(0.8)
     assert optimizer.weight_decay == pytest.approx(1e-4)
@@ -46,14 +47,28 @@ def test_sgd_optimizer_uses_momentum_and_weight_decay():
 
 def test_params_reject_unknown_keys_and_optimizers():
     with pytest.raises(ValueError, match="learnig_rate"):
-        TrainingParams.from_dict({"learnig_rate": 0.1})
+        resolve_classification_params({"learnig_rate": 0.1})
+    with pytest.raises(ValueError, match=r"training\.early_stopping\.patince"):
+        resolve_classification_params({"early_stopping": {"patince": 3}})
     with pytest.raises(ValueError, match="optimizer"):
-        TrainingParams.from_dict({"optimizer": "rmsprop"})
+        resolve_classification_params({"optimizer": "rmsprop"})
+    with pytest.raises(ValueError, match="class_weight"):
+        resolve_classification_params({"class_weight": "inverse"})
 
 
 def test_class_weight_keys_from_yaml_become_ints():
-    params = TrainingParams.from_dict({"class_weight": {"0": 1, "2": 3.5}})
-    assert params.class_weight == {0: 1.0, 2: 3.5}
+    params = resolve_classification_params({"class_weight": {"0": 1, "2": 3.5}})
+    assert params["class_weight"] == {0: 1.0, 2: 3.5}
+
+
+def test_balanced_accuracy_metric_is_the_mean_recall_of_the_classes_seen():
+    metric = BalancedAccuracy(3)
+    # class 0: 2 of 3 right; class 1: 1 of 1; class 2 absent -> (2/3 + 1) / 2
+    probabilities = np.eye(3, dtype=np.float32)[[0, 0, 1, 1]]
+    metric.update_state(np.array([0, 0, 0, 1]), probabilities, sample_weight=np.array([5.0, 1, 1, 1]))
+    assert float(metric.result()) == pytest.approx((2 / 3 + 1) / 2)
+    metric.reset_state()
+    assert float(metric.result()) == 0.0
 
 
 def test_balanced_class_weights_upweight_the_rare_class():
@@ -74,8 +89,8 @@ def test_train_classifier_returns_per_epoch_history_and_applies_step_decay():
     )
     assert len(history["loss"]) == 3
     assert all(np.isfinite(history["val_loss"]))
-    assert "accuracy" in history and "val_accuracy" in history
-    assert history["learning_rate"] == pytest.approx([0.01, 0.001, 0.001])
+    assert {"accuracy", "val_accuracy", "balanced_accuracy", "val_balanced_accuracy"} <= set(history)
+    assert history["lr"] == pytest.approx([0.01, 0.001, 0.001])
 
 
 def test_reduce_lr_on_plateau_divides_by_ten_after_patience():
@@ -85,10 +100,10 @@ def test_reduce_lr_on_plateau_divides_by_ten_after_patience():
         model,
         tiny_dataset(32),
         tiny_dataset(32, seed=1),
-        {"epochs": 4, "learning_rate": 1e-6, "lr_patience": 2, "min_lr": 0.0, **FAST},
+        {"epochs": 4, "learning_rate": 1e-6, "reduce_lr": {"patience": 2, "min_lr": 0.0}, **FAST},
     )
-    # Logged at epoch end before the callback acts: the cut shows one epoch later.
-    assert history["learning_rate"] == pytest.approx([1e-6, 1e-6, 1e-6, 1e-7])
+    # The rate each epoch trained with: the cut after epoch 2 shows in epoch 3.
+    assert history["lr"] == pytest.approx([1e-6, 1e-6, 1e-6, 1e-7])
 
 
 def test_early_stopping_stops_and_restores_the_best_weights():
@@ -101,7 +116,7 @@ def test_early_stopping_stops_and_restores_the_best_weights():
         model,
         train,
         val,
-        {"epochs": 8, "learning_rate": 0.01, "early_stopping_patience": 2, **FAST},
+        {"epochs": 8, "learning_rate": 0.01, "early_stopping": {"patience": 2}, **FAST},
     )
     assert len(history["val_loss"]) < 8  # stopped early
     best_epoch = int(np.argmin(history["val_loss"]))
@@ -128,7 +143,7 @@ def test_two_phase_trains_head_first_then_unfrozen_layers(unfreeze, conv_changes
     after = leaf_weights(model)
     assert history["phase"] == [1.0, 1.0, 2.0]
     assert history["epoch"] == [0.0, 1.0, 2.0]
-    assert history["learning_rate"][-1] == pytest.approx(1e-4)
+    assert history["lr"][-1] == pytest.approx(1e-4)
     assert not weights_equal(before["classifier"], after["classifier"])
     assert weights_equal(before["dense"], after["dense"]) is not conv_changes
     assert weights_equal(before["conv1"], after["conv1"]) is not conv_changes
@@ -223,3 +238,14 @@ def test_dataset_rejects_mismatched_labels(png_folder):
     paths, _ = png_folder
     with pytest.raises(ValueError, match="labels"):
         make_classification_dataset(paths, [0, 1])
+
+
+def test_a_trained_classifier_round_trips_through_a_keras_file_with_its_metrics(tmp_path):
+    # The catalog loads models compiled: the balanced-accuracy metric must deserialise.
+    model = build_simple_cnn(3, **SMALL_CNN)
+    train_classifier(model, tiny_dataset(32), None, {"epochs": 1, **FAST})
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    images, _ = random_batch(32)
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), rtol=1e-5)

@@ -9,10 +9,10 @@ import tensorflow as tf
 
 from covid_imaging.segmentation.training import (
     BestWeightsKeeper,
-    configure_device,
     describe_device,
     set_global_seed,
     train_segmentation_model,
+    training_device,
 )
 
 FAST = {"run_eagerly": True, "jit_compile": False, "loss": "bce"}
@@ -116,8 +116,8 @@ def test_set_global_seed_makes_random_draws_repeatable() -> None:
 
 @pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="CPU-only behaviour")
 def test_cpu_gets_the_default_strategy_and_float32() -> None:
-    strategy = configure_device(mixed_precision=True, multi_gpu=True)
-    assert not isinstance(strategy, tf.distribute.MirroredStrategy)
-    assert strategy.num_replicas_in_sync == 1
-    assert keras.mixed_precision.global_policy().name == "float32"
+    with training_device(mixed_precision=True, multi_gpu=True) as strategy:
+        assert not isinstance(strategy, tf.distribute.MirroredStrategy)
+        assert strategy.num_replicas_in_sync == 1
+        assert keras.mixed_precision.global_policy().name == "float32"
     assert describe_device() == "CPU"

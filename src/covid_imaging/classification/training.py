@@ -1,16 +1,14 @@
-"""Training loops, class balancing and tf.data input pipelines for classifiers.
+"""Classifier training on the one training core, class balancing and tf.data input pipelines.
 
-Parameters arrive as plain dicts (Kedro parameters); :class:`TrainingParams` turns
-them into a typed, validated configuration and rejects misspelt keys.
+Parameters arrive as plain dicts (Kedro parameters) in the core schema
+(:mod:`covid_imaging.training.core`) plus ``class_weight``; misspelt keys fail.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import keras
@@ -23,138 +21,63 @@ from covid_imaging.classification.transfer import (
     unfreeze_all,
     unfreeze_last_n,
 )
+from covid_imaging.training.core import fit_model, resolve_training_params
 
 History = dict[str, list[float]]
 
-_DEFAULT_LEARNING_RATES = {"adam": 1e-3, "sgd": 1e-2}
-_DEFAULT_WEIGHT_DECAY = {"adam": None, "sgd": 1e-4}
 FINE_TUNE_LEARNING_RATE = 1e-4
 
+# Classification's own keys on top of the core schema (covid_imaging.training.core).
+CLASSIFICATION_TRAINING_DEFAULTS: dict[str, Any] = {
+    "class_weight": None,  # null | balanced (n / (k * count) per class) | {class index: weight}
+}
 
-@dataclass(frozen=True)
-class TrainingParams:
-    """Typed training configuration; build it with :meth:`from_dict`.
 
-    ``learning_rate`` / ``weight_decay`` left as None take the optimizer's default
-    (adam: 1e-3 / none; sgd: 0.01 / 1e-4). ``lr_drop_epochs`` are 0-based epoch
-    indices at whose start the learning rate is multiplied by ``lr_drop_factor``.
+def resolve_classification_params(params: Mapping[str, Any] | None = None, *, where: str = "training") -> dict[str, Any]:
+    """The core training schema plus ``class_weight``; unknown keys raise with their name."""
+    resolved = resolve_training_params(params, CLASSIFICATION_TRAINING_DEFAULTS, where=where)
+    weights = resolved["class_weight"]
+    if isinstance(weights, Mapping):
+        # YAML/JSON mappings may carry string keys ("0": 1.5).
+        resolved["class_weight"] = {int(k): float(v) for k, v in weights.items()}
+    elif weights not in (None, "balanced"):
+        raise ValueError(f"{where}.class_weight must be null, 'balanced' or a mapping, got {weights!r}")
+    return resolved
+
+
+@keras.saving.register_keras_serializable(package="covid_imaging")  # saved models load with it compiled
+class BalancedAccuracy(keras.metrics.Metric):
+    """Mean per-class recall over the classes seen so far (sparse labels, probabilities).
+
+    Sample weights are ignored: with class weights, weighted accuracy would count the
+    rare class up twice. Classes without a sample in the epoch are left out of the mean.
     """
 
-    epochs: int = 50
-    optimizer: Literal["adam", "sgd"] = "adam"
-    learning_rate: float | None = None
-    momentum: float = 0.8
-    weight_decay: float | None = None
-    lr_drop_epochs: tuple[int, ...] = ()
-    lr_drop_factor: float = 0.1
-    lr_patience: int = 5
-    lr_factor: float = 0.1
-    min_lr: float = 1e-7
-    early_stopping_patience: int = 10
-    class_weight: Mapping[int, float] | None = None
-    seed: int | None = None
-    verbose: int = 0
-    run_eagerly: bool = False  # debugging / tiny CPU runs: skips slow graph tracing
-    # XLA: "auto" (Keras' default) | true | false. On CPU, XLA-compiling a deep backbone's
-    # training step (ResNet101 and up) takes minutes; false keeps the plain TF graph.
-    jit_compile: bool | str = "auto"
-    metrics: tuple[str, ...] = ("accuracy",)
+    def __init__(self, n_classes: int, name: str = "balanced_accuracy", **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self.n_classes = int(n_classes)
+        self.correct = self.add_variable((self.n_classes,), initializer="zeros", name="correct")
+        self.total = self.add_variable((self.n_classes,), initializer="zeros", name="total")
 
-    @classmethod
-    def from_dict(cls, params: Mapping[str, Any] | None = None) -> TrainingParams:
-        """Validate a plain dict (unknown keys raise) and fill in defaults."""
-        params = dict(params or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(f"Unknown training parameters {unknown}; known: {sorted(known)}")
-        if "lr_drop_epochs" in params:
-            params["lr_drop_epochs"] = tuple(int(e) for e in params["lr_drop_epochs"] or ())
-        if "metrics" in params:
-            params["metrics"] = tuple(params["metrics"])
-        if params.get("class_weight") is not None:
-            # YAML/JSON mappings may carry string keys ("0": 1.5).
-            params["class_weight"] = {int(k): float(v) for k, v in params["class_weight"].items()}
-        config = cls(**params)
-        if config.optimizer not in _DEFAULT_LEARNING_RATES:
-            raise ValueError(
-                f"optimizer must be one of {sorted(_DEFAULT_LEARNING_RATES)}, got {config.optimizer!r}"
-            )
-        if config.jit_compile not in (True, False, "auto"):
-            raise ValueError(f"jit_compile must be true, false or 'auto', got {config.jit_compile!r}")
-        if config.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {config.epochs}")
-        return config
+    def update_state(self, y_true, y_pred, sample_weight=None) -> None:  # noqa: ARG002 - see class docstring
+        labels = keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32")
+        predicted = keras.ops.cast(keras.ops.argmax(y_pred, axis=-1), "int32")
+        one_hot = keras.ops.one_hot(labels, self.n_classes, dtype=self.dtype)
+        hit = keras.ops.cast(keras.ops.equal(labels, predicted), self.dtype)
+        self.total.assign_add(keras.ops.sum(one_hot, axis=0))
+        self.correct.assign_add(keras.ops.sum(one_hot * hit[:, None], axis=0))
 
-    @property
-    def resolved_learning_rate(self) -> float:
-        """Learning rate actually used."""
-        if self.learning_rate is not None:
-            return float(self.learning_rate)
-        return _DEFAULT_LEARNING_RATES[self.optimizer]
+    def result(self):
+        seen = keras.ops.cast(self.total > 0, self.dtype)
+        recall = keras.ops.divide_no_nan(self.correct, self.total)
+        return keras.ops.divide_no_nan(keras.ops.sum(recall * seen), keras.ops.sum(seen))
 
-    @property
-    def resolved_weight_decay(self) -> float | None:
-        """Weight decay actually used."""
-        if self.weight_decay is not None:
-            return float(self.weight_decay)
-        return _DEFAULT_WEIGHT_DECAY[self.optimizer]
+    def reset_state(self) -> None:
+        self.correct.assign(keras.ops.zeros_like(self.correct))
+        self.total.assign(keras.ops.zeros_like(self.total))
 
-
-def make_optimizer(config: TrainingParams) -> keras.optimizers.Optimizer:
-    """Adam or SGD with momentum, with (decoupled) weight decay where configured."""
-    if config.optimizer == "sgd":
-        return keras.optimizers.SGD(
-            learning_rate=config.resolved_learning_rate,
-            momentum=config.momentum,
-            weight_decay=config.resolved_weight_decay,
-        )
-    return keras.optimizers.Adam(
-        learning_rate=config.resolved_learning_rate,
-        weight_decay=config.resolved_weight_decay,
-    )
-
-
-def step_decay(drop_epochs: Sequence[int], factor: float = 0.1) -> Callable[[int, float], float]:
-    """Keras ``LearningRateScheduler`` function multiplying the LR at ``drop_epochs``.
-
-    It works on the current rate, so it composes with ReduceLROnPlateau.
-    """
-    drops = frozenset(drop_epochs)
-
-    def schedule(epoch: int, learning_rate: float) -> float:
-        return float(learning_rate) * factor if epoch in drops else float(learning_rate)
-
-    return schedule
-
-
-def make_callbacks(config: TrainingParams, has_validation: bool) -> list[keras.callbacks.Callback]:
-    """ReduceLROnPlateau + EarlyStopping (best weights restored) + optional step decay."""
-    monitor = "val_loss" if has_validation else "loss"
-    callbacks: list[keras.callbacks.Callback] = [
-        keras.callbacks.ReduceLROnPlateau(
-            monitor=monitor,
-            factor=config.lr_factor,
-            patience=config.lr_patience,
-            min_lr=config.min_lr,
-        ),
-        keras.callbacks.EarlyStopping(
-            monitor=monitor,
-            patience=config.early_stopping_patience,
-            restore_best_weights=True,
-        ),
-    ]
-    if config.lr_drop_epochs:
-        callbacks.append(
-            keras.callbacks.LearningRateScheduler(
-                step_decay(config.lr_drop_epochs, config.lr_drop_factor)
-            )
-        )
-    return callbacks
-
-
-def _history_to_floats(history: Mapping[str, Sequence[Any]]) -> History:
-    return {key: [float(v) for v in values] for key, values in history.items()}
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "n_classes": self.n_classes}
 
 
 def train_classifier(
@@ -162,33 +85,33 @@ def train_classifier(
     train_ds: tf.data.Dataset,
     val_ds: tf.data.Dataset | None,
     params: Mapping[str, Any] | None = None,
+    *,
+    train_labels: Sequence[int] | np.ndarray | None = None,
+    extra_callbacks: Sequence[keras.callbacks.Callback] = (),
+    initial_epoch: int = 0,
+    compile: bool = True,  # noqa: A002 - keras' own word
 ) -> tuple[keras.Model, History]:
-    """Compile (always, so trainability changes take effect) and fit on integer labels.
+    """Fit on integer labels with the training core (sparse cross-entropy, accuracy and
+    balanced accuracy per epoch, training and validation).
 
-    Returns the model (best weights by validation loss restored) and the history as
-    ``{metric: [one float per epoch]}`` including the learning rate. A ``seed`` in
-    ``params`` seeds Python, NumPy and the backend globally before training.
+    Returns the model (best weights by validation loss restored, in every case) and the
+    history as ``{metric: [one float per epoch]}`` with ``lr``. ``class_weight:
+    balanced`` needs ``train_labels``. A ``seed`` in ``params`` seeds Python, NumPy and
+    the backend (and, with ``deterministic``, TensorFlow's ops) before training.
     """
-    config = TrainingParams.from_dict(params)
-    if config.seed is not None:
-        keras.utils.set_random_seed(config.seed)
-    model.compile(
-        optimizer=make_optimizer(config),
+    config = resolve_classification_params(params)
+    class_weight = config["class_weight"]
+    if class_weight == "balanced":
+        if train_labels is None:
+            raise ValueError("class_weight: balanced needs the training labels (train_labels)")
+        class_weight = balanced_class_weights(train_labels)
+    n_classes = int(model.output_shape[-1])
+    return fit_model(
+        model, train_ds, val_ds, config,
         loss="sparse_categorical_crossentropy",
-        metrics=list(config.metrics),
-        run_eagerly=config.run_eagerly,
-        jit_compile=config.jit_compile,
+        metrics=["accuracy", BalancedAccuracy(n_classes)],
+        class_weight=class_weight, extra_callbacks=extra_callbacks, initial_epoch=initial_epoch, compile=compile,
     )
-    fit_history = model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=config.epochs,
-        callbacks=make_callbacks(config, has_validation=val_ds is not None),
-        class_weight=dict(config.class_weight) if config.class_weight else None,
-        verbose=config.verbose,
-        shuffle=False,  # datasets shuffle themselves (seeded) in make_classification_dataset
-    )
-    return model, _history_to_floats(fit_history.history)
 
 
 def merge_histories(histories: Sequence[History]) -> History:
@@ -216,13 +139,14 @@ def fine_tune_two_phase(
     unfreeze: Literal["all"] | int = "all",
     head_layer_names: Sequence[str] = (CLASSIFIER_LAYER_NAME,),
     keep_batchnorm_frozen: bool = True,
+    train_labels: Sequence[int] | np.ndarray | None = None,
 ) -> tuple[keras.Model, History]:
     """Phase 1: train only the head; phase 2: unfreeze ("all" or last n) at lr 1e-4.
 
     ``finetune_params`` default to ``learning_rate=1e-4`` unless they set one.
     """
     freeze_all_but(model, head_layer_names)
-    model, head_history = train_classifier(model, train_ds, val_ds, head_params)
+    model, head_history = train_classifier(model, train_ds, val_ds, head_params, train_labels=train_labels)
 
     if unfreeze == "all":
         unfreeze_all(model, keep_batchnorm_frozen=keep_batchnorm_frozen)
@@ -231,7 +155,7 @@ def fine_tune_two_phase(
     else:
         raise ValueError(f"unfreeze must be 'all' or an int, got {unfreeze!r}")
     phase2_params = {"learning_rate": FINE_TUNE_LEARNING_RATE, **(finetune_params or {})}
-    model, finetune_history = train_classifier(model, train_ds, val_ds, phase2_params)
+    model, finetune_history = train_classifier(model, train_ds, val_ds, phase2_params, train_labels=train_labels)
     return model, merge_histories([head_history, finetune_history])
 
 

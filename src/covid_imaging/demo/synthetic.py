@@ -90,6 +90,11 @@ __all__ = [
 ]
 
 CXR_CLASSES: tuple[str, ...] = ("normal", "covid", "bacterial", "viral")
+#: Radiograph lesions are drawn this many times denser than their "realistic" fill. At
+#: 1.0 a small CNN at 64 px (40 images per class, 15 epochs) reached 0.50 balanced
+#: accuracy of four classes on other synthetic patients (chance 0.25); at 2.5 (30 per
+#: class, 20 epochs) 0.80. tests/demo/test_learnability.py keeps the classes learnable.
+LESION_CONSPICUITY = 2.5
 CT_CLASSES: tuple[str, ...] = ("covid", "non_covid")
 
 #: ``synthetic_<modality>_<group>_<index>.png``; groups: ``modality``, ``group``, ``index``.
@@ -730,7 +735,7 @@ def _render_cxr(p: _CxrPatient, rng: np.random.Generator, size: int):
 
     # ---- pathology: fraction of lung air replaced by fluid / tissue -----------------
     severity = _F32(rng.uniform(0.8, 1.2))  # drawn for every label: same image stream
-    fill = _cxr_lesion_fill(p, tf, S, lung_soft, severity)
+    fill = np.clip(_cxr_lesion_fill(p, tf, S, lung_soft, severity) * _F32(LESION_CONSPICUITY), 0.0, 0.97)
 
     # ---- air: lungs and airways ---------------------------------------------------
     depth = _F32(0.45) + _F32(0.55) * lung_depth
@@ -1276,7 +1281,8 @@ Every image in this folder was drawn by a program
 (covid_imaging.demo.synthetic.generate_demo_dataset). No image comes from, or is
 traced over, a real patient. The data exists so that the pipelines and tests run
 on a fresh clone; models trained on it say nothing about real radiographs or CT
-scans and must never be used for any medical purpose.
+scans and must never be used for any medical purpose. The radiograph lesions are
+drawn exaggerated (x{conspicuity} denser) so that small demo classifiers can learn them.
 
 How it was made
 ---------------
@@ -1392,6 +1398,7 @@ def generate_demo_dataset(
 
     n_cxr = n_per_class * len(CXR_CLASSES)
     readme = _README.format(
+        conspicuity=LESION_CONSPICUITY,
         seed=seed,
         n_per_class=n_per_class,
         cxr_size=cxr_size,

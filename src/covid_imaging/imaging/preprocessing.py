@@ -13,6 +13,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from covid_imaging.params import merge_params
+
 INTERPOLATIONS = {
     "area": cv2.INTER_AREA,
     "linear": cv2.INTER_LINEAR,
@@ -41,25 +43,24 @@ class PreprocessingConfig:
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> PreprocessingConfig:
-        """Build from the nested YAML block (``resize``, ``gaussian_blur``, ...)."""
-        resize = params.get("resize", {})
-        blur = params.get("gaussian_blur", {})
-        gradient = params.get("morphological_gradient", {})
-        clahe = params.get("clahe", {})
+        """Build from the nested YAML block (``resize``, ``gaussian_blur``, ...); a key
+        the block does not have (a typo) raises with its dotted name."""
+        p = merge_params(PREPROCESSING_DEFAULTS, params, where="preprocessing")
+        resize, blur, gradient, clahe = p["resize"], p["gaussian_blur"], p["morphological_gradient"], p["clahe"]
         config = cls(
-            image_size=int(resize.get("size", cls.image_size)),
-            interpolation=str(resize.get("interpolation", cls.interpolation)),
-            resize_mode=str(resize.get("mode", cls.resize_mode)),
-            blur_enabled=bool(blur.get("enabled", cls.blur_enabled)),
-            blur_kernel_size=int(blur.get("kernel_size", cls.blur_kernel_size)),
-            blur_sigma=float(blur.get("sigma", cls.blur_sigma)),
-            gradient_enabled=bool(gradient.get("enabled", cls.gradient_enabled)),
-            gradient_kernel_size=int(gradient.get("kernel_size", cls.gradient_kernel_size)),
-            gradient_iterations=int(gradient.get("iterations", cls.gradient_iterations)),
-            clahe_enabled=bool(clahe.get("enabled", cls.clahe_enabled)),
-            clahe_clip_limit=float(clahe.get("clip_limit", cls.clahe_clip_limit)),
-            clahe_tile_grid_size=int(clahe.get("tile_grid_size", cls.clahe_tile_grid_size)),
-            normalisation=str(params.get("normalisation", cls.normalisation)),
+            image_size=int(resize["size"]),
+            interpolation=str(resize["interpolation"]),
+            resize_mode=str(resize["mode"]),
+            blur_enabled=bool(blur["enabled"]),
+            blur_kernel_size=int(blur["kernel_size"]),
+            blur_sigma=float(blur["sigma"]),
+            gradient_enabled=bool(gradient["enabled"]),
+            gradient_kernel_size=int(gradient["kernel_size"]),
+            gradient_iterations=int(gradient["iterations"]),
+            clahe_enabled=bool(clahe["enabled"]),
+            clahe_clip_limit=float(clahe["clip_limit"]),
+            clahe_tile_grid_size=int(clahe["tile_grid_size"]),
+            normalisation=str(p["normalisation"]),
         )
         config.validate()
         return config
@@ -78,6 +79,20 @@ class PreprocessingConfig:
 
 
 RESIZE_MODES = ("pad", "stretch")
+
+_DEFAULTS = PreprocessingConfig()
+# The complete ``preprocessing`` block with the defaults above (one source: the dataclass).
+PREPROCESSING_DEFAULTS: dict[str, Any] = {
+    "output_root": None,  # where the pipeline writes (the catalog's concern, not the chain's)
+    "resize": {"size": _DEFAULTS.image_size, "interpolation": _DEFAULTS.interpolation, "mode": _DEFAULTS.resize_mode},
+    "gaussian_blur": {"enabled": _DEFAULTS.blur_enabled, "kernel_size": _DEFAULTS.blur_kernel_size,
+                      "sigma": _DEFAULTS.blur_sigma},
+    "morphological_gradient": {"enabled": _DEFAULTS.gradient_enabled, "kernel_size": _DEFAULTS.gradient_kernel_size,
+                               "iterations": _DEFAULTS.gradient_iterations},
+    "clahe": {"enabled": _DEFAULTS.clahe_enabled, "clip_limit": _DEFAULTS.clahe_clip_limit,
+              "tile_grid_size": _DEFAULTS.clahe_tile_grid_size},
+    "normalisation": _DEFAULTS.normalisation,
+}
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,14 @@ CURVES: tuple[tuple[str, str], ...] = (("loss", "Loss"), ("dice_coefficient", "D
 ROW_TITLES: tuple[str, ...] = ("Image", "Ground truth", "Prediction", "Post-processed")
 
 
-def plot_training_curves(history: Mapping[str, Sequence[float]]) -> Figure:
-    """Loss and Dice per epoch, training vs validation, side by side."""
-    figure = Figure(figsize=(10, 4), layout="constrained")
-    axes = figure.subplots(1, len(CURVES))
-    for axis, (key, title) in zip(axes, CURVES, strict=True):
+def plot_training_curves(
+    history: Mapping[str, Sequence[float]], curves: Sequence[tuple[str, str]] = CURVES
+) -> Figure:
+    """Loss and Dice (or other ``curves``: (history key, title)) per epoch, training vs
+    validation, side by side."""
+    figure = Figure(figsize=(5 * len(curves), 4), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(1, len(curves)))
+    for axis, (key, title) in zip(axes, curves, strict=True):
         for prefix, label in (("", "train"), ("val_", "validation")):
             values = history.get(f"{prefix}{key}")
             if values:

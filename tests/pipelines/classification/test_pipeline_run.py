@@ -32,6 +32,7 @@ for _model in CLASSIFICATION_MODELS:
         f"classification.{_model}.gradcam.per_class": 1,
     }
     TINY[f"classification.{_model}.data.cross_validation"] = _model == "hrnet"  # the reference protocol
+    TINY[f"classification.{_model}.evaluation.n_seeds"] = 2 if _model == "simple_cnn_scratch" else 1
     for phase in ("main", "head", "fine_tune"):
         TINY[f"classification.{_model}.training.{phase}.epochs"] = 1
 
@@ -45,6 +46,9 @@ def test_classification_pipeline_on_tiny_demo_set(kedro_project):
     comparison = pd.read_csv(reports / "classification_comparison.csv")
     assert set(comparison["model"]) == set(CLASSIFICATION_MODELS)
     assert {"test_accuracy", "test_balanced_accuracy", "test_f1", "gradcam_lung_share_mean"} <= set(comparison.columns)
+    assert {"test_balanced_accuracy_seed_mean", "test_balanced_accuracy_seed_std"} <= set(comparison.columns)
+    seeds = json.loads((reports / "classification/simple_cnn_scratch/seed_metrics.json").read_text())
+    assert seeds["n_seeds"] == 2 and len([k for k in seeds if k.startswith("test_balanced_accuracy_seed4")]) == 2
     audit = json.loads((reports / "shortcut_audit.json").read_text())
     assert "verdict" in audit and 0 <= audit["chance_level"] <= 1
 
@@ -54,7 +58,7 @@ def test_classification_pipeline_on_tiny_demo_set(kedro_project):
     assert {"ci_low", "ci_high"} <= set(report.columns)
     for model in CLASSIFICATION_MODELS:
         folder = reports / "classification" / model
-        for figure in ("confusion_matrix", "roc_curves", "gradcam_overlays"):
+        for figure in ("confusion_matrix", "roc_curves", "gradcam_overlays", "learning_curves"):
             assert (folder / f"{figure}.png").stat().st_size > 0
 
     mlflow.set_tracking_uri(f"sqlite:///{kedro_project / 'mlflow.db'}")
@@ -62,7 +66,7 @@ def test_classification_pipeline_on_tiny_demo_set(kedro_project):
     names = {run.info.run_name for run in runs}
     assert {f"classification.{model}" for model in CLASSIFICATION_MODELS} <= names
     resnet = next(run for run in runs if run.info.run_name == "classification.resnet50")
-    assert {"test_accuracy", "gradcam_lung_share_mean"} <= set(resnet.data.metrics)
+    assert {"test_accuracy", "gradcam_lung_share_mean", "val_balanced_accuracy"} <= set(resnet.data.metrics)
     assert resnet.data.params["model.weights"] == "None"
     hrnet = next(run for run in runs if run.info.run_name == "classification.hrnet")
     folds = mlflow.MlflowClient().get_metric_history(hrnet.info.run_id, "cv_fold_val_accuracy")

@@ -36,6 +36,7 @@ from covid_imaging.classification.training import (
 )
 from covid_imaging.classification.transfer import transfer_weights
 from covid_imaging.imaging.io import decode_gray, encode_png
+from covid_imaging.params import merge_params
 from covid_imaging.registry import (
     MODALITIES,
     ModalityError,
@@ -43,7 +44,9 @@ from covid_imaging.registry import (
     modality_of_task,
     with_modality,
 )
+from covid_imaging.segmentation.plots import plot_training_curves
 from covid_imaging.segmentation.postprocessing import postprocess_probability_map
+from covid_imaging.training import seed_everything
 
 matplotlib.use("Agg")
 logger = logging.getLogger(__name__)
@@ -51,6 +54,12 @@ logger = logging.getLogger(__name__)
 Loaders = dict[str, Callable[[], bytes]]
 IMAGE_VARIANTS = {"lungs": "lungs_path", "whole": "image_path", "lungless": "lungless_path"}
 NON_BUILDER_MODEL_KEYS = ("builder", "strategy", "unfreeze_last_n", "transfer_from", "audit_of")
+# Every key of a model's evaluation block (checked: a typo fails with its name).
+EVALUATION_DEFAULTS: dict[str, Any] = {
+    "n_bootstrap": 500,  # bootstrap resamples for the 95% CIs
+    "n_seeds": 1,        # trainings with seeds data.seed + 0..n-1: test balanced accuracy mean +- std
+}
+LEARNING_CURVES = (("loss", "Loss"), ("balanced_accuracy", "Balanced accuracy"))
 
 
 # ------------------------------------------------------------------ lung masking
@@ -200,9 +209,28 @@ def build_classification_inputs(
 # ------------------------------------------------------------------ per-model template
 
 
+def _relabelled(inputs: pd.DataFrame, data: dict[str, Any]) -> pd.DataFrame:
+    """The table with manifest labels mapped to the model's classes by ``data.class_groups``
+    (``{class: [manifest labels]}``, e.g. ``pneumonia: [bacterial, viral, pneumonia]``);
+    the manifest label stays in ``manifest_label``. Without groups, labels are classes."""
+    groups = data.get("class_groups") or {}
+    unknown = sorted(set(groups) - set(data["classes"]))
+    if unknown:
+        raise ValueError(f"data.class_groups names {unknown}, which are not in data.classes {data['classes']}")
+    mapping: dict[str, str] = {}
+    for name, members in groups.items():
+        for member in members:
+            if mapping.setdefault(member, name) != name:
+                raise ValueError(f"data.class_groups puts label {member!r} in both {mapping[member]!r} and {name!r}")
+    if not mapping:
+        return inputs
+    return inputs.assign(manifest_label=inputs["label"], label=inputs["label"].map(lambda label: mapping.get(label, label)))
+
+
 def _rows(inputs: pd.DataFrame, data: dict[str, Any], split: str) -> pd.DataFrame:
+    inputs = _relabelled(inputs, data)
     rows = inputs[(inputs["split"] == split) & inputs["label"].isin(data["classes"])]
-    if split == "train":
+    if split == "train" and data.get("undersample", True):  # false: every training image (class_weight instead)
         rows = rows[rows["in_training_sample"].astype(str).str.lower() == "true"]
     if rows.empty:
         raise ValueError(f"No {split} images of classes {data['classes']}")
@@ -219,8 +247,12 @@ def _image_paths(rows: pd.DataFrame, data: dict[str, Any]) -> pd.Series:
     return rows[IMAGE_VARIANTS[_variant(rows, data)]]
 
 
+def _labels(rows: pd.DataFrame, data: dict[str, Any]) -> np.ndarray:
+    return rows["label"].map({name: index for index, name in enumerate(data["classes"])}).to_numpy()
+
+
 def _dataset(rows: pd.DataFrame, data: dict[str, Any], training: bool):
-    labels = rows["label"].map({name: index for index, name in enumerate(data["classes"])}).to_numpy()
+    labels = _labels(rows, data)
     return make_classification_dataset(
         _image_paths(rows, data), labels, image_size=int(data["image_size"]), batch_size=int(data["batch_size"]),
         shuffle=training, seed=int(data["seed"]), augment=training and bool(data.get("augment", True)),
@@ -246,14 +278,14 @@ def _strategy(model_params: dict[str, Any]) -> str:
     return strategy
 
 
-def _fit(model, model_params, training, train_ds, validation_ds):
+def _fit(model, model_params, training, train_ds, validation_ds, train_labels=None):
     strategy = _strategy(model_params)
     if strategy == "scratch":
-        return train_classifier(model, train_ds, validation_ds, training["main"])
+        return train_classifier(model, train_ds, validation_ds, training["main"], train_labels=train_labels)
     if strategy == "two_phase":
         return fine_tune_two_phase(
             model, train_ds, validation_ds, training["head"], training["fine_tune"],
-            unfreeze=model_params.get("unfreeze_last_n", "all"),
+            unfreeze=model_params.get("unfreeze_last_n", "all"), train_labels=train_labels,
         )
     raise ValueError(f"model.strategy must be 'scratch', 'two_phase' or 'transfer', got {strategy!r}")
 
@@ -263,18 +295,19 @@ def cross_validate(
 ) -> dict[str, list[float]]:
     """k-fold cross-validation over train+validation (the ``cv_fold`` column of the split
     table, grouped by patient); the test split is never touched. One value per fold."""
+    inputs = _relabelled(inputs, data)
     development = inputs[(inputs["split"] != "test") & inputs["label"].isin(data["classes"])]
     folds = sorted(int(fold) for fold in development["cv_fold"].unique() if int(fold) >= 0)
     if len(folds) < 2:
         raise ValueError("cross_validation needs splits.n_folds >= 2 (the cv_fold column is empty)")
     scores: dict[str, list[float]] = {"cv_fold_val_loss": [], "cv_fold_val_accuracy": []}
     for fold in folds:
-        keras.utils.set_random_seed(int(data["seed"]) + fold)
+        seed_everything(int(data["seed"]) + fold)
         fold_train = development[development["cv_fold"].astype(int) != fold]
         fold_validation = development[development["cv_fold"].astype(int) == fold]
         model = _build(model_params, data)
         _, history = _fit(model, model_params, training, _dataset(fold_train, data, True),
-                          _dataset(fold_validation, data, False))
+                          _dataset(fold_validation, data, False), _labels(fold_train, data))
         best = int(np.nanargmin(history["val_loss"]))
         scores["cv_fold_val_loss"].append(history["val_loss"][best])
         scores["cv_fold_val_accuracy"].append(history["val_accuracy"][best])
@@ -291,12 +324,13 @@ def train_classification_model(
     reference HRNet protocol); the per-fold scores join the history (MLflow step = fold).
     """
     cv_scores = cross_validate(inputs, model_params, training, data) if data.get("cross_validation") else {}
-    keras.utils.set_random_seed(int(data["seed"]))
+    seed_everything(int(data["seed"]))
     train, validation = _rows(inputs, data, "train"), _rows(inputs, data, "validation")
     model = _build(model_params, data)
     logger.info("Training %s (%d parameters) on %d images of %s", model_params["builder"], model.count_params(),
                 len(train), data["classes"])
-    model, history = _fit(model, model_params, training, _dataset(train, data, True), _dataset(validation, data, False))
+    model, history = _fit(model, model_params, training, _dataset(train, data, True), _dataset(validation, data, False),
+                          _labels(train, data))
     return model, {**history, **cv_scores}
 
 
@@ -306,14 +340,14 @@ def transfer_and_fine_tune(
 ) -> tuple[keras.Model, dict[str, list[float]]]:
     """Transfer learning (model_2): copy the source model's weights except its head, train
     the new head with the rest frozen, then unfreeze everything and fine-tune at 1e-4."""
-    keras.utils.set_random_seed(int(data["seed"]))
+    seed_everything(int(data["seed"]))
     train, validation = _rows(inputs, data, "train"), _rows(inputs, data, "validation")
     model = _build(model_params, data)
     copied = transfer_weights(source_model, model)
     logger.info("Transferred %d layers from %s", len(copied), source_model.name)
     return fine_tune_two_phase(
         model, _dataset(train, data, True), _dataset(validation, data, False), training["head"], training["fine_tune"],
-        unfreeze="all",
+        unfreeze="all", train_labels=_labels(train, data),
     )
 
 
@@ -327,6 +361,7 @@ def evaluate_classifier(
     model: keras.Model, inputs: pd.DataFrame, data: dict[str, Any], evaluation: dict[str, Any]
 ) -> tuple[pd.DataFrame, dict[str, float], Figure, Figure, pd.DataFrame]:
     """Test-split metrics per class, macro, overall and per source, with bootstrap 95% CIs."""
+    evaluation = merge_params(EVALUATION_DEFAULTS, evaluation, where="evaluation")
     test = _rows(inputs, data, "test")
     probabilities = _predict(model, test, data)
     y_true = test["label"].map({name: index for index, name in enumerate(data["classes"])}).to_numpy()
@@ -338,7 +373,8 @@ def evaluate_classifier(
     for source in sorted(test["source"].unique()):
         macro = macro_metrics_from_table(report, scope=source)
         metrics[f"test_accuracy_{source}"] = macro["accuracy"]
-    predictions = test[["image_id", "source", "label"]].assign(
+        metrics[f"test_balanced_accuracy_{source}"] = macro["balanced_accuracy"]
+    predictions = test[["image_id", "source", "label"] + (["manifest_label"] if "manifest_label" in test else [])].assign(
         predicted=[data["classes"][i] for i in probabilities.argmax(axis=1)],
         **{f"p_{name}": probabilities[:, i] for i, name in enumerate(data["classes"])},
     )
@@ -400,6 +436,51 @@ def explain_with_gradcam_unmasked(
     return explain_with_gradcam(model, inputs, None, data, gradcam)
 
 
+def plot_learning_curves(training_history: dict[str, list[float]]) -> Figure:
+    """Training and validation loss and balanced accuracy per epoch (both phases of a
+    two-phase model in sequence)."""
+    return plot_training_curves(training_history, curves=LEARNING_CURVES)
+
+
+def repeat_over_seeds(
+    inputs: pd.DataFrame, model_params: dict[str, Any], training: dict[str, Any], data: dict[str, Any],
+    evaluation: dict[str, Any], test_metrics: dict[str, float], source_model: keras.Model | None = None,
+) -> dict[str, float]:
+    """Test balanced accuracy over ``evaluation.n_seeds`` trainings: the evaluated model
+    (seed ``data.seed``) and ``n_seeds - 1`` more with seeds ``data.seed + 1, ...`` (same
+    data, same split: what changes is initialisation, shuffling, augmentation, dropout).
+
+    A transfer model restarts from the same ``source_model`` every time. Returns the
+    mean, the (sample) standard deviation and each seed's value (``..._seed<k>``).
+    """
+    evaluation = merge_params(EVALUATION_DEFAULTS, evaluation, where="evaluation")
+    n_seeds = int(evaluation["n_seeds"])
+    if n_seeds < 1:
+        raise ValueError(f"evaluation.n_seeds must be >= 1, got {n_seeds}")
+    from sklearn.metrics import (
+        balanced_accuracy_score,  # noqa: PLC0415 - scikit-learn is heavy to import
+    )
+
+    test = _rows(inputs, data, "test")
+    values = [float(test_metrics["test_balanced_accuracy"])]
+    for offset in range(1, n_seeds):
+        seeded = {**data, "seed": int(data["seed"]) + offset}
+        if source_model is None:
+            model, _ = train_classification_model(inputs, model_params, training, {**seeded, "cross_validation": False})
+        else:
+            model, _ = transfer_and_fine_tune(inputs, source_model, model_params, training, seeded)
+        predicted = _predict(model, test, seeded).argmax(axis=1)
+        values.append(float(balanced_accuracy_score(_labels(test, seeded), predicted)))
+        logger.info("Seed %d: test balanced accuracy %.3f", seeded["seed"], values[-1])
+    result = {
+        "n_seeds": float(n_seeds),
+        "test_balanced_accuracy_seed_mean": float(np.mean(values)),
+        "test_balanced_accuracy_seed_std": float(np.std(values, ddof=1)) if n_seeds > 1 else float("nan"),
+    }
+    result.update({f"test_balanced_accuracy_seed{int(data['seed']) + k}": v for k, v in enumerate(values)})
+    return result
+
+
 # ------------------------------------------------------------------ across models
 
 
@@ -427,7 +508,7 @@ def compare_classifiers(**metrics: dict[str, float]) -> pd.DataFrame:
     """One row per model: macro test metrics and Grad-CAM lung share."""
     rows: dict[str, dict[str, float]] = {}
     for key, values in metrics.items():
-        model = key.rsplit("__", 1)[0]  # keys are <model>__test and <model>__gradcam
+        model = key.rsplit("__", 1)[0]  # keys are <model>__test, <model>__gradcam and <model>__seeds
         rows.setdefault(model, {"model": model}).update(values)
     table = pd.DataFrame(list(rows.values()))
     logger.info("Classification comparison (test split):\n%s", table.to_string(index=False, float_format="%.3f"))

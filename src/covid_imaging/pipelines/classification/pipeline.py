@@ -33,6 +33,8 @@ from covid_imaging.pipelines.classification.nodes import (
     explain_with_gradcam,
     explain_with_gradcam_unmasked,
     mask_lungs,
+    plot_learning_curves,
+    repeat_over_seeds,
     select_classification_images,
     train_classification_model,
     transfer_and_fine_tune,
@@ -80,8 +82,10 @@ def _evaluation_nodes(modality: str, lung_masks: bool = True, data: str = "param
 def model_template(
     source_model: str | None, modality: str = MODALITY, lung_masks: bool = True, data: str = "params:data"
 ) -> Pipeline:
-    """Train (from scratch, two-phase, or by transfer) → evaluate → Grad-CAM, every node
-    guarded so that it only accepts images of ``modality``.
+    """Train (from scratch, two-phase, or by transfer) → learning curves, evaluate →
+    Grad-CAM, and the same training repeated over ``evaluation.n_seeds`` seeds (test
+    balanced accuracy mean ± std), every node guarded so that it only accepts images of
+    ``modality``.
 
     The one per-model template of every classifier family: ``lung_masks=False`` for
     images without lung masks (CT: Grad-CAM without the lung share); ``data`` names the
@@ -102,7 +106,16 @@ def model_template(
             ["model", "training_history"],
             name="transfer_and_fine_tune",
         )
-    return pipeline([train, *_evaluation_nodes(modality, lung_masks, data)])
+    seeds_inputs = ["classification_inputs", "params:model", "params:training", data, "params:evaluation",
+                    "test_metrics"]
+    seeds = node(
+        ModalityGuarded(repeat_over_seeds, modality),
+        seeds_inputs if source_model is None else [*seeds_inputs, "source_model"],
+        "seed_metrics",
+        name="repeat_over_seeds",
+    )
+    curves = node(plot_learning_curves, "training_history", "learning_curves", name="plot_learning_curves")
+    return pipeline([train, curves, *_evaluation_nodes(modality, lung_masks, data), seeds])
 
 
 def _specs(models: Iterable[str] | None) -> list[ModelSpec]:
@@ -154,16 +167,18 @@ def create_pipeline(
     for spec in specs:
         summary_inputs[f"{spec.name}__test"] = f"{spec.namespace}.test_metrics"
         summary_inputs[f"{spec.name}__gradcam"] = f"{spec.namespace}.gradcam_metrics"
+        summary_inputs[f"{spec.name}__seeds"] = f"{spec.namespace}.seed_metrics"
     summary_nodes = [node(compare_classifiers, summary_inputs, "classification_comparison", name="compare_classifiers")]
     audits = [(audited, audit) for audited, audit in _REGISTRY.shortcut_audits(FAMILY)
               if {audited.name, audit.name} <= selected]
-    if len(audits) > 1:  # the catalog has one shortcut_audit report
-        raise RegistryError(f"One shortcut audit per family is supported, found {[a.name for _, a in audits]}")
-    for audited, audit in audits:
+    for index, (audited, audit) in enumerate(audits):
+        # The first audit (registry order: the reference task's) writes shortcut_audit,
+        # every further one shortcut_audit_<audited model>.
+        output = "shortcut_audit" if index == 0 else f"shortcut_audit_{audited.name}"
         summary_nodes.append(
             node(audit_shortcuts,
                  [f"{audited.namespace}.test_metrics", f"{audit.namespace}.test_metrics",
                   "params:shortcut_audit", f"params:{audited.namespace}.data"],
-                 "shortcut_audit", name="audit_shortcuts")
+                 output, name="audit_shortcuts" if index == 0 else f"audit_shortcuts_{audited.name}")
         )
     return masking + sum(per_model, Pipeline([])) + pipeline(summary_nodes)

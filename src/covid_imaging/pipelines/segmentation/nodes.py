@@ -22,9 +22,10 @@ from covid_imaging.segmentation.metrics import (
 from covid_imaging.segmentation.models import build_ensemble, build_segmentation_model
 from covid_imaging.segmentation.plots import plot_sample_predictions, plot_training_curves
 from covid_imaging.segmentation.training import (
-    configure_device,
+    resolve_segmentation_params,
     set_global_seed,
     train_segmentation_model,
+    training_device,
 )
 
 logger = logging.getLogger(__name__)
@@ -78,8 +79,6 @@ def _split_rows(table: pd.DataFrame, split: str, limit: int | None = None) -> pd
     return rows.head(limit) if limit else rows
 
 
-DEVICE_KEYS = ("mixed_precision", "multi_gpu")
-
 
 def _augmentation_ops(params: dict[str, Any]) -> dict[str, Any] | None:
     """The per-op augmentation settings, or None when augmentation is switched off."""
@@ -97,10 +96,7 @@ def train_segmentation(
 ) -> tuple[keras.Model, dict[str, list[float]]]:
     """Build the configured model and train it; best weights by validation loss."""
     set_global_seed(int(data_params["seed"]))
-    strategy = configure_device(
-        mixed_precision=bool(training_params.get("mixed_precision", False)),
-        multi_gpu=bool(training_params.get("multi_gpu", False)),
-    )
+    resolved = resolve_segmentation_params(training_params)  # unknown keys fail before any work
     image_size = int(data_params["image_size"])
     train = _split_rows(images, "train", data_params.get("max_train_images"))
     validation = _split_rows(images, "validation", data_params.get("max_validation_images"))
@@ -113,18 +109,19 @@ def train_segmentation(
         validation["image_path"], validation["mask_path"], image_size, int(data_params["batch_size"]),
         shuffle=False, augment_params=None, seed=int(data_params["seed"]),
     )
-    with strategy.scope():
-        model = build_segmentation_model(
-            model_params["builder"],
-            input_size=image_size,
-            **{key: value for key, value in model_params.items() if key != "builder"},
+    # The dtype policy (mixed precision) holds while this model is built and trained only.
+    with training_device(bool(resolved["mixed_precision"]), bool(resolved["multi_gpu"])) as strategy:
+        with strategy.scope():
+            model = build_segmentation_model(
+                model_params["builder"],
+                input_size=image_size,
+                **{key: value for key, value in model_params.items() if key != "builder"},
+            )
+        logger.info(
+            "Training %s (%d parameters) on %d images, validating on %d",
+            model_params["builder"], model.count_params(), len(train), len(validation),
         )
-    logger.info(
-        "Training %s (%d parameters) on %d images, validating on %d",
-        model_params["builder"], model.count_params(), len(train), len(validation),
-    )
-    fit_params = {key: value for key, value in training_params.items() if key not in DEVICE_KEYS}
-    return train_segmentation_model(model, train_ds, validation_ds, fit_params)
+        return train_segmentation_model(model, train_ds, validation_ds, training_params)
 
 
 def evaluate_on_test(
