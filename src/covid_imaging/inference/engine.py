@@ -25,7 +25,11 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from covid_imaging.classification.masking import apply_lung_mask, black_out_lungs, lung_area_fraction
+from covid_imaging.classification.masking import (
+    apply_lung_mask,
+    black_out_lungs,
+    lung_area_fraction,
+)
 from covid_imaging.imaging.io import DEFAULT_MAX_PIXELS, decode_image, to_gray_uint8
 from covid_imaging.imaging.preprocessing import PreprocessingConfig, preprocess_gray
 from covid_imaging.inference.models import LoadedModel

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.inference.helpers import NEW_VERSION, OLD_VERSION, save_version, threshold_model, tiny_classifier
+from tests.inference.helpers import (
+    NEW_VERSION,
+    OLD_VERSION,
+    save_version,
+    threshold_model,
+    tiny_classifier,
+)
 
 TINY_PARAMS = {"preprocessing.resize.size": 64}
 

@@ -118,3 +118,35 @@ def test_external_evaluation_paired_folders(inference_project, tmp_path):
     macro = classification[(classification["scope"] == "overall") & (classification["class"] == "macro")]
     assert macro.set_index("metric").loc["accuracy", "value"] == pytest.approx(accuracy)
     assert set(classification["scope"]) == {"overall", "hospital_x"}
+
+
+def test_ct_slices_go_to_ct_classifiers_only(inference_project, tmp_path):
+    """A manifest_csv source mixing X-rays and CT slices: each model sees its own modality."""
+    from tests.conftest import write_png
+    from tests.inference.helpers import radiograph
+
+    source, output = tmp_path / "mixed", tmp_path / "out"
+    lines = ["path,label,task"]
+    for index in range(2):
+        image, _ = radiograph(90, 90, seed=index)
+        write_png(source / "cxr" / f"x{index}.png", image)
+        write_png(source / "ct" / f"s{index}.png", 255 - image)
+        lines += [f"cxr/x{index}.png,covid,cxr", f"ct/s{index}.png,covid,ct"]
+    (source / "manifest.csv").write_text("\n".join(lines) + "\n")
+    run_kedro(inference_project, "inference", params={
+        **TINY_PARAMS, "inference.source": str(source), "inference.output": str(output),
+        "inference.layout": "manifest_csv", "inference.classifiers": ["simple_cnn_scratch", "basic_cnn"],
+        "inference.versions": {"segmentation.unet": OLD_VERSION},
+    })
+    run = _run_folder(output)
+    predictions = pd.read_csv(run / "predictions.csv", keep_default_na=False).set_index("image_id")
+    ct, cxr = predictions[predictions["modality"] == "ct"], predictions[predictions["modality"] == "cxr"]
+    assert sorted(ct.index) == ["ct/s0", "ct/s1"] and sorted(cxr.index) == ["cxr/x0", "cxr/x1"]
+    assert (ct["basic_cnn.status"] == "ok").all() and (ct["simple_cnn_scratch.status"] == "").all()
+    assert (cxr["simple_cnn_scratch.status"] == "ok").all() and (cxr["basic_cnn.status"] == "").all()
+    assert (ct["segmentation_model"] == "").all() and (cxr["segmentation_model"] == "segmentation.unet").all()
+    assert not (run / "masks" / "ct").exists() and (run / "masks" / "cxr" / "x0.png").exists()
+    assert (run / "gradcam" / "basic_cnn" / "ct" / "s0.png").exists()
+    classification = pd.read_csv(run / "external_classification_metrics.csv")
+    assert set(classification["model"]) == {"classification.simple_cnn_scratch", "ct_classification.basic_cnn"}
+    assert set(classification.loc[classification["class"] != "macro", "support"]) <= {0, 2}
