@@ -50,6 +50,11 @@ document.querySelectorAll('#predictions th[data-key]').forEach(function (header)
     sortTable(key, current === key);
   });
 });
+window.addEventListener('load', function () {
+  var images = Array.prototype.slice.call(document.images);
+  var shown = images.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  document.body.setAttribute('data-thumbnails-shown', shown + '/' + images.length);
+});
 (function () {
   var fragment = window.location.hash.replace(/^#/, '').split('&');
   var sort = fragment.filter(function (p) { return p.indexOf('sort=') === 0; })[0];
