@@ -75,6 +75,8 @@ def test_unknown_parameters_fail():
     with pytest.raises(ValueError, match="max_component"):
         resolve_inference_params({"qc": {"max_component": 3}})
     assert resolve_inference_params({"versions": {"segmentation.unet": "v1"}})["versions"] == {"segmentation.unet": "v1"}
+    # --params=inference.versions.segmentation.unet=v1 nests the namespace
+    assert resolve_inference_params({"versions": {"segmentation": {"unet": "v1"}}})["versions"] == {"segmentation.unet": "v1"}
 
 
 def test_a_missing_model_is_a_clear_error(tmp_path):

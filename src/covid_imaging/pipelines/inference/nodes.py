@@ -72,12 +72,24 @@ def resolve_inference_params(params: Mapping[str, Any] | None) -> dict[str, Any]
         if not isinstance(value, Mapping):
             raise ValueError(f"inference.{key} must be a mapping, got {value!r}")
         resolved[key] = dict(value)
+    for key in ("versions", "mlflow_models"):
+        resolved[key] = _flatten(resolved[key])
     resolved["qc"] = resolve_qc_params(resolved["qc"])
     if int(resolved["batch_size"]) < 1:
         raise ValueError(f"inference.batch_size must be >= 1, got {resolved['batch_size']!r}")
     if not isinstance(resolved["classifiers"], list | tuple):
         raise ValueError(f"inference.classifiers must be a list of registered classifier names, got {resolved['classifiers']!r}")
     return resolved
+
+
+def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{segmentation: {unet: v}}`` (what ``--params=inference.versions.segmentation.unet=v``
+    gives) as ``{segmentation.unet: v}``."""
+    flat = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        flat |= _flatten(value, f"{name}.") if isinstance(value, Mapping) else {name: str(value)}
+    return flat
 
 
 def ingestion_params(params: Mapping[str, Any]) -> dict[str, Any]:
