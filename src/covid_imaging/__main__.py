@@ -15,7 +15,7 @@ from kedro.framework.project import configure_project
 def main(*args, **kwargs) -> Any:
     package_name = Path(__file__).parent.name
     if sys.argv[1:2] == ["predict"] and not args:
-        from covid_imaging.cli import predict  # noqa: PLC0415 - only this subcommand needs it
+        from covid_imaging.predict import predict  # noqa: PLC0415 - only this subcommand needs it
 
         return predict(sys.argv[2:])
     configure_project(package_name)

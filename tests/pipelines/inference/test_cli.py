@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from covid_imaging.cli import predict
+from covid_imaging.predict import predict
 from tests.inference.helpers import OLD_VERSION, write_images
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,5 @@
-"""``covid-imaging predict IN_DIR OUT_DIR``: the inference pipeline on a folder of images.
+"""``covid-imaging predict IN_DIR OUT_DIR``: the inference pipeline on a folder of images (not named
+``cli.py``: Kedro reserves that module name for project commands).
 
 The same run as ``kedro run --pipeline=inference --params=inference.source=IN_DIR,
 inference.output=OUT_DIR``: the outputs land in ``OUT_DIR/<timestamp>/``, whose path
