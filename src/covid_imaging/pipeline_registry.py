@@ -48,5 +48,6 @@ def register_pipelines() -> dict[str, Pipeline]:
         "ct_classification_models": ct_classification.create_pipeline(),
         # Trained models applied to new images (no training, no data preparation)
         "inference": inference.create_pipeline(),
+        "inference_model": inference.create_model_pipeline(),  # the same, as one MLflow pyfunc model
         "__default__": data_preparation,
     }

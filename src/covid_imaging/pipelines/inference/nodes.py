@@ -238,3 +238,25 @@ def predict_images(
     contents |= {"predictions.csv": predictions_csv, "rejected_files.csv": rejected_csv, "external metrics": external,
                  "models.json": models_json, "report.html": report_html}
     return contents
+
+
+def log_inference_pyfunc(
+    model_store: ModelStore,
+    params: dict[str, Any],
+    preprocessing: dict[str, Any],
+    lung_masking: dict[str, Any],
+    segmentation: dict[str, Any],
+) -> dict[str, Any]:
+    """Log the selected models with their pre- and post-processing as one MLflow pyfunc model
+    (in kedro-mlflow's run of this ``kedro run``); returns its URI and the models' versions."""
+    import mlflow  # noqa: PLC0415
+
+    from covid_imaging.inference.pyfunc import log_inference_model  # noqa: PLC0415
+
+    params = resolve_inference_params(params)
+    models = select_models(model_store, params)
+    info = log_inference_model(models, _settings(params, preprocessing, lung_masking, segmentation),
+                               task=str(params["task"]), batch_size=int(params["batch_size"]))
+    run = mlflow.active_run()
+    logger.info("Inference model logged: %s (load with mlflow.pyfunc.load_model)", info.model_uri)
+    return {"model_uri": info.model_uri, "run_id": run.info.run_id if run else info.run_id, "models": models.versions()}

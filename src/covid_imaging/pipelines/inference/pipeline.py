@@ -3,7 +3,11 @@ overlays, class probabilities, Grad-CAM, ``predictions.csv``, external metrics, 
 
 from kedro.pipeline import Pipeline, node, pipeline
 
-from covid_imaging.pipelines.inference.nodes import build_inference_manifest, predict_images
+from covid_imaging.pipelines.inference.nodes import (
+    build_inference_manifest,
+    log_inference_pyfunc,
+    predict_images,
+)
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -30,5 +34,20 @@ def create_pipeline(**kwargs) -> Pipeline:
                 "inference_outputs",
                 name="predict_images",
             ),
+        ]
+    )
+
+
+def create_model_pipeline(**kwargs) -> Pipeline:
+    """Log the selected models and their processing as one MLflow pyfunc model."""
+    return pipeline(
+        [
+            node(
+                log_inference_pyfunc,
+                ["inference_model_store", "params:inference", "params:preprocessing", "params:lung_masking",
+                 "params:segmentation"],
+                "inference_mlflow_model",
+                name="log_inference_pyfunc",
+            )
         ]
     )
