@@ -16,8 +16,11 @@ produced, except its row of the predictions table and a small thumbnail.
 from __future__ import annotations
 
 import base64
+import functools
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,6 +83,7 @@ class InferenceSettings:
     contour_thickness: int = 2
     thumbnail_size: int = 160
     write_files: bool = True
+    n_workers: int = 0  # threads decoding and post-processing the images of a batch (0: one per CPU)
 
     @property
     def preprocessing_config(self) -> PreprocessingConfig:
@@ -228,6 +232,8 @@ class InferenceEngine:
         self._segment = _guarded(_segment, models.segmentation.spec.modality) if models.segmentation else None
         self._classifiers = [(m, _guarded(_classify, m.spec.modality), image_variant(m, settings.lung_masking))
                              for m in models.classifiers]
+        self._needs_lung_crop = any(variant != "whole" for _, _, variant in self._classifiers)
+        self._pool = ThreadPoolExecutor(max_workers=settings.n_workers or os.cpu_count() or 1)
         for model, _, variant in self._classifiers:
             if variant != "whole" and models.segmentation is None:
                 raise ValueError(
@@ -241,18 +247,16 @@ class InferenceEngine:
         """Results for the decodable rows of ``rows`` and rejected-file rows for the others."""
         rows = rows.assign(modality=modalities(rows).to_numpy()).reset_index(drop=True)
         results, rejected, kept, grays, preprocessed = [], [], [], [], []
-        for row in rows.to_dict("records"):
-            try:
-                budget = max(DEFAULT_MAX_PIXELS, int(row.get("width", 0)) * int(row.get("height", 0)))
-                gray = to_gray_uint8(decode_image(raw_files[row["image_key"]](), budget))
-                pre = preprocess_gray(gray, self.config)
-            except Exception as error:  # a file that changed since it was listed: report, go on
-                rejected.append({"file": row.get("image_uri") or row["image_key"], "reason": f"cannot be read at inference: {error}",
+        records = rows.to_dict("records")
+        # OpenCV and the decoders release the GIL: the images of a batch are read in parallel.
+        for row, outcome in zip(records, self._pool.map(functools.partial(self._read, raw_files), records), strict=True):
+            if isinstance(outcome, Exception):  # a file that changed since it was listed: report, go on
+                rejected.append({"file": row.get("image_uri") or row["image_key"], "reason": f"cannot be read at inference: {outcome}",
                                  "severity": "error", "image_key": row["image_key"], "mask_key": row.get("mask_key", "")})
                 continue
             kept.append(row)
-            grays.append(gray)
-            preprocessed.append(pre)
+            grays.append(outcome[0])
+            preprocessed.append(outcome[1])
         if not kept:
             return results, rejected
         table = pd.DataFrame(kept)
@@ -261,9 +265,11 @@ class InferenceEngine:
         cxr = np.flatnonzero(table["modality"].to_numpy() == "cxr")
         if self._segment is not None and cxr.size:
             probabilities = self._segment(table.iloc[cxr], np.stack([preprocessed[i] for i in cxr]), self.models.segmentation)
-            for index, probability_map in zip(cxr, probabilities, strict=True):
-                lung_masks[index] = self._segmentation_outputs(results[index], kept[index], grays[index],
-                                                               probability_map, raw_files)
+            masks = self._pool.map(
+                lambda item: self._segmentation_outputs(results[item[0]], kept[item[0]], grays[item[0]], item[1], raw_files),
+                zip(cxr, probabilities, strict=True),
+            )
+            lung_masks = {index: mask for index, mask in zip(cxr, masks, strict=True) if mask is not None}
         for model, classify, variant in self._classifiers:
             self._classification_outputs(model, classify, variant, table, results, preprocessed, lung_masks)
         for result, gray in zip(results, grays, strict=True):
@@ -273,6 +279,14 @@ class InferenceEngine:
                 result.thumbnail = thumbnail_data_uri(shown, self.settings.thumbnail_size)
         return results, rejected
 
+    def _read(self, raw_files: Loaders, row: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray] | Exception:
+        try:
+            budget = max(DEFAULT_MAX_PIXELS, int(row.get("width", 0)) * int(row.get("height", 0)))
+            gray = to_gray_uint8(decode_image(raw_files[row["image_key"]](), budget))
+            return gray, preprocess_gray(gray, self.config)
+        except Exception as error:  # noqa: BLE001 - reported as a rejected file by the caller
+            return error
+
     def _base_row(self, row: Mapping[str, Any], gray: np.ndarray) -> dict[str, Any]:
         return {
             "image_id": row["image_id"], "image_key": row["image_key"], "source": row.get("source", ""),
@@ -281,9 +295,10 @@ class InferenceEngine:
         }
 
     def _segmentation_outputs(self, result: ImageResult, row: Mapping[str, Any], gray: np.ndarray,
-                              probability_map: np.ndarray, raw_files: Loaders) -> np.ndarray:
+                              probability_map: np.ndarray, raw_files: Loaders) -> np.ndarray | None:
         """Native mask, overlay, statistics and (with a true mask) Dice/IoU; returns the
-        lung mask at the preprocessed size that the classifiers' lung crop is made from."""
+        lung mask at the preprocessed size that the classifiers' lung crop is made from (None
+        when no classifier takes a lung crop)."""
         height, width = gray.shape
         native_map, native_mask = native_lung_mask(
             probability_map, height, width, self.settings.preprocessing, self.settings.segmentation_postprocessing
@@ -300,6 +315,8 @@ class InferenceEngine:
         if row.get("mask_key"):
             truth = load_native_mask(raw_files, row["mask_key"], height, width)
             result.row |= {"dice_native": dice_score(native_mask, truth), "iou_native": iou_score(native_mask, truth)}
+        if not self._needs_lung_crop:
+            return None
         # The classification pipeline's lung mask: the map at the preprocessed size,
         # post-processed with lung_masking.postprocessing (see classification nodes).
         size = self.config.image_size

@@ -52,6 +52,7 @@ DEFAULT_INFERENCE_PARAMS: dict[str, Any] = {
     "versions": {},  # namespace -> catalog version (default: the latest)
     "mlflow_models": {},  # namespace -> MLflow model URI (runs:/..., models:/...), instead of the catalog
     "batch_size": 16,
+    "n_workers": 0,  # threads decoding and post-processing a batch's images (0: one per CPU)
     "qc": {},
     "gradcam": {"enabled": True, "alpha": 0.4},
     "overlay": {"contour_thickness": 2},
@@ -140,7 +141,7 @@ def _settings(params: Mapping[str, Any], preprocessing: Mapping[str, Any], lung_
         preprocessing=preprocessing, segmentation_postprocessing=postprocessing, lung_masking=lung_masking,
         qc=params["qc"], gradcam=bool(params["gradcam"]["enabled"]), gradcam_alpha=float(params["gradcam"]["alpha"]),
         contour_thickness=int(params["overlay"]["contour_thickness"]),
-        thumbnail_size=int(params["report"]["thumbnail_size"]),
+        thumbnail_size=int(params["report"]["thumbnail_size"]), n_workers=int(params["n_workers"]),
     )
 
 
