@@ -337,7 +337,7 @@ class InferenceEngine:
             else:
                 mask = lung_masks.get(index)
                 fraction = lung_area_fraction(mask) if mask is not None else 0.0
-                if fraction < minimum or not mask.any():
+                if mask is None or fraction < minimum or not mask.any():
                     results[index].row[f"{name}.status"] = (
                         f"skipped: predicted lung area {fraction:.1%} < {minimum:.1%} (lung_masking.min_lung_area_fraction)"
                     )
