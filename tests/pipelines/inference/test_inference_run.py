@@ -26,13 +26,20 @@ def _run_folder(output):
 def test_folder_of_new_images(inference_project, tmp_path):
     source, output = tmp_path / "new", tmp_path / "out"
     sizes = write_images(source)
+    from tests.conftest import write_png
+
+    write_png(source / "blank.png", np.zeros((70, 70), np.uint8))  # decodes, but shows no lung
     run_kedro(inference_project, "inference", params={
         **TINY_PARAMS, "inference.source": str(source), "inference.output": str(output),
         "inference.versions": {"segmentation.unet": OLD_VERSION},  # bright = lung
     })
     run = _run_folder(output)
     predictions = pd.read_csv(run / "predictions.csv")
-    assert sorted(predictions["image_id"]) == sorted(sizes)
+    assert sorted(predictions["image_id"]) == sorted([*sizes, "blank"])
+    blank = predictions.set_index("image_id").loc["blank"]
+    assert blank["qc_no_lung"] and "no_lung" in blank["qc_flags"]
+    assert blank["simple_cnn_scratch.status"].startswith("skipped: predicted lung area 0.0%")
+    assert not (run / "gradcam" / "simple_cnn_scratch" / "blank.png").exists()
     for image_id, (height, width) in sizes.items():
         mask = cv2.imread(str(run / "masks" / f"{image_id}.png"), cv2.IMREAD_UNCHANGED)
         assert mask.shape == (height, width)  # native resolution, same stem
