@@ -4,7 +4,7 @@
 same :class:`~covid_imaging.inference.engine.InferenceEngine` as the ``inference``
 pipeline (same preprocessing, post-processing, lung crop and QC flags) and returns the
 rows of ``predictions.csv`` (no files are written; unreadable images get a row with an
-``error``). ``mlflow models serve -m <uri>`` serves it. The logged model carries the
+``error``). The logged model carries the
 Keras files, the settings as JSON and the ``covid_imaging`` package itself
 (``code_paths``), so it needs only the project's dependencies to load.
 """
