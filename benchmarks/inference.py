@@ -26,7 +26,8 @@ and no Grad-CAM (``--classifier`` adds an untrained simple CNN on the lung crop)
 Usage:
     python benchmarks/inference.py [--n-images 200] [--native-size 1024] [--batch-sizes 1 32]
     python benchmarks/inference.py --n-images 5000        # the issue's memory run (long)
-No asserts: this script only prints figures.
+No asserts: this script only prints figures. The default run (200 images at 1024 px)
+took 374 CPU-seconds (27 min wall on 2 heavily shared cores).
 """
 
 from __future__ import annotations
