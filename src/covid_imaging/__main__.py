@@ -1,5 +1,8 @@
 """covid-imaging file for ensuring the package is executable
 as `covid-imaging` and `python -m covid_imaging`
+
+``covid-imaging predict IN_DIR OUT_DIR`` runs the inference pipeline on a folder (the
+habit of lungmask and similar tools); anything else is ``kedro run``'s command line.
 """
 import sys
 from pathlib import Path
@@ -11,6 +14,10 @@ from kedro.framework.project import configure_project
 
 def main(*args, **kwargs) -> Any:
     package_name = Path(__file__).parent.name
+    if sys.argv[1:2] == ["predict"] and not args:
+        from covid_imaging.predict import predict  # noqa: PLC0415 - only this subcommand needs it
+
+        return predict(sys.argv[2:])
     configure_project(package_name)
 
     interactive = hasattr(sys, 'ps1')

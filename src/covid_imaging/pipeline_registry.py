@@ -13,6 +13,7 @@ from covid_imaging.pipelines import (
     classification,
     ct_classification,
     demo_data,
+    inference,
     ingestion,
     preprocessing,
     segmentation,
@@ -45,5 +46,8 @@ def register_pipelines() -> dict[str, Pipeline]:
         # Lung CT slices, COVID-19 vs non-COVID: the nine registered CT models (no lung masking)
         "ct_classification": data_preparation + ct_classification.create_pipeline(),
         "ct_classification_models": ct_classification.create_pipeline(),
+        # Trained models applied to new images (no training, no data preparation)
+        "inference": inference.create_pipeline(),
+        "inference_model": inference.create_model_pipeline(),  # the same, as one MLflow pyfunc model
         "__default__": data_preparation,
     }

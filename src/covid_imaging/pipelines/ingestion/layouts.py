@@ -140,6 +140,17 @@ def read_paired_folder_layout(keys: Iterable[str], task: str, source: str, label
     return _paired(keys, task, source, lambda path: normalise_label(label))
 
 
+def read_folder_layout(keys: Iterable[str], task: str, source: str, label: str) -> Listing:
+    """Every image under the root, searched recursively (new images to predict); one label
+    for all, no masks (a ``masks`` folder is left out, not taken for images)."""
+    rows = [
+        {"image_key": key, "mask_key": "", "label": normalise_label(label), "task": task, "source": source}
+        for key in keys
+        if is_image_key(key) and "masks" not in PurePosixPath(key).parts[:-1]
+    ]
+    return Listing(_candidates(rows))
+
+
 MANIFEST_CSV_REQUIRED_COLUMNS = ("path", "label")
 
 

@@ -45,6 +45,7 @@ from covid_imaging.pipelines.ingestion.layouts import (
     ListingProblem,
     is_image_key,
     read_class_folder_layout,
+    read_folder_layout,
     read_manifest_csv_layout,
     read_paired_folder_layout,
     read_radiography_db_layout,
@@ -79,7 +80,7 @@ REJECTED_COLUMNS = ["file", "reason", "severity", "image_key", "mask_key"]
 
 # Suspicious-but-legal findings; ``warnings_as_errors`` may name any of them.
 WARNING_KINDS = ("empty_mask", "full_mask", "extreme_aspect", "orphan_mask", "near_duplicate_label")
-LAYOUT_NAMES = ("radiography_db", "class_folders", "paired_folders", "manifest_csv", "multi")
+LAYOUT_NAMES = ("radiography_db", "class_folders", "paired_folders", "manifest_csv", "multi", "folder")
 
 DEFAULT_INGESTION_PARAMS: dict[str, Any] = {
     "raw_location": "",
@@ -357,6 +358,8 @@ def _listing(raw_files: RawFiles, params: dict[str, Any]) -> Listing:
         return read_class_folder_layout(keys, task, source)
     if layout == "paired_folders":
         return read_paired_folder_layout(keys, task, source, params["label"])
+    if layout == "folder":
+        return read_folder_layout(keys, task, source, params["label"])
     if layout == "manifest_csv":
         try:
             return read_manifest_csv_layout(

@@ -1,0 +1,85 @@
+"""The tables of an inference run: predictions and, when the source has them, external metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from covid_imaging.classification.evaluation import classification_report_table
+from covid_imaging.inference.engine import ImageResult, InferenceModels
+from covid_imaging.segmentation.metrics import summarise_segmentation_metrics
+
+LEADING_COLUMNS = [
+    "image_id", "image_key", "source", "task", "modality", "label", "width", "height", "segmentation_model",
+    "lung_area_fraction", "lung_area_px", "right_lung_area_px", "left_lung_area_px", "n_components",
+    "mean_lung_probability", "qc_flags", "qc_no_lung", "qc_one_lung", "qc_implausible_area",
+    "qc_many_components", "qc_low_confidence", "dice_native", "iou_native", "mask_file", "overlay_file",
+]
+
+
+def predictions_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per image: the known columns first (when present), then each classifier's."""
+    table = pd.DataFrame(list(rows))
+    if table.empty:
+        return pd.DataFrame(columns=LEADING_COLUMNS[:6])
+    leading = [c for c in LEADING_COLUMNS if c in table.columns]
+    return table[leading + [c for c in table.columns if c not in leading]]
+
+
+def external_segmentation_tables(predictions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """Per image Dice/IoU at native resolution against the source's masks, and their summary
+    (mean, std, min overall and per source); None when no image came with a mask."""
+    if "dice_native" not in predictions.columns:
+        return None
+    scored = predictions[predictions["dice_native"].notna()]
+    if scored.empty:
+        return None
+    per_image = scored[["image_id", "source", "dice_native", "iou_native"]].rename(
+        columns={"dice_native": "dice", "iou_native": "iou"}
+    ).reset_index(drop=True)
+    return per_image, summarise_segmentation_metrics(per_image, group_cols=("source",))
+
+
+def external_classification_table(
+    results: Sequence[ImageResult], models: InferenceModels, n_bootstrap: int, confidence: float, seed: int
+) -> pd.DataFrame | None:
+    """The classification metrics (bootstrap CIs, overall and per source) of every classifier
+    on the images whose label is one of its classes; None when no image has such a label."""
+    tables = []
+    for model in models.classifiers:
+        classes = list(model.spec.classes)
+        scored = [r for r in results if model.namespace in r.probabilities and str(r.row.get("label")) in classes]
+        if not scored:
+            continue
+        y_true = np.array([classes.index(str(r.row["label"])) for r in scored])
+        y_prob = np.stack([r.probabilities[model.namespace] for r in scored])
+        sources = [str(r.row.get("source", "")) for r in scored]
+        table = classification_report_table(
+            y_true, y_prob, classes, groups=sources, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed
+        )
+        tables.append(table.assign(model=model.namespace, model_version=model.version))
+    if not tables:
+        return None
+    combined = pd.concat(tables, ignore_index=True)
+    return combined[["model", "model_version", *[c for c in combined.columns if c not in ("model", "model_version")]]]
+
+
+def class_counts(predictions: pd.DataFrame, models: InferenceModels) -> dict[str, dict[str, int]]:
+    """``{classifier: {class: number of images predicted as it}}``, every class listed."""
+    counts = {}
+    for model in models.classifiers:
+        column = f"{model.spec.name}.prediction"
+        found = predictions[column].value_counts() if column in predictions.columns else pd.Series(dtype=int)
+        counts[model.namespace] = {cls: int(found.get(cls, 0)) for cls in model.spec.classes}
+    return counts
+
+
+def qc_counts(predictions: pd.DataFrame) -> dict[str, int]:
+    """Images carrying each QC flag."""
+    from covid_imaging.inference.engine import QC_FLAGS  # noqa: PLC0415
+
+    return {flag: int(predictions[f"qc_{flag}"].fillna(False).astype(bool).sum()) if f"qc_{flag}" in predictions else 0
+            for flag in QC_FLAGS}

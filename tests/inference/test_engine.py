@@ -1,0 +1,86 @@
+"""Per-image statistics, QC flags, the modality guard and parameter checks of inference."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from covid_imaging.inference.engine import DEFAULT_QC_PARAMS, _classify, _guarded, lung_statistics
+from covid_imaging.inference.models import LoadedModel, ModelNotFoundError, ModelStore
+from covid_imaging.pipelines.inference.nodes import resolve_inference_params
+from covid_imaging.registry import ModalityError, load_registry
+
+
+def _two_lungs(height=200, width=200):
+    mask = np.zeros((height, width), np.uint8)
+    cv2.rectangle(mask, (30, 40), (79, 159), 1, -1)  # image left = patient's right: 50 x 120
+    cv2.rectangle(mask, (120, 40), (159, 139), 1, -1)  # image right = patient's left: 40 x 100
+    return mask
+
+
+def test_areas_left_and_right_and_no_flags_for_two_plausible_lungs():
+    mask = _two_lungs()
+    stats = lung_statistics(mask, mask.astype(np.float32), DEFAULT_QC_PARAMS)
+    assert stats["right_lung_area_px"] == 50 * 120
+    assert stats["left_lung_area_px"] == 40 * 100
+    assert stats["lung_area_px"] == 50 * 120 + 40 * 100
+    assert stats["lung_area_fraction"] == pytest.approx((50 * 120 + 40 * 100) / 200**2)
+    assert stats["n_components"] == 2
+    assert stats["qc_flags"] == ""
+
+
+def test_qc_flags():
+    qc = DEFAULT_QC_PARAMS
+    one = _two_lungs()
+    one[:, 100:] = 0
+    assert lung_statistics(one, one.astype(np.float32), qc)["qc_flags"] == "one_lung"
+    empty = np.zeros((100, 100), np.uint8)
+    flags = lung_statistics(empty, np.zeros((100, 100), np.float32), qc)["qc_flags"].split(";")
+    assert {"no_lung", "implausible_area", "low_confidence"} <= set(flags)
+    speckled = np.zeros((100, 100), np.float32)
+    speckled[10::20, 10::20] = 1.0  # 25 separate 5 x 5 blobs of the thresholded map
+    speckled = cv2.dilate(speckled, np.ones((5, 5), np.uint8))
+    speckled[0, 0] = 1.0  # one pixel: under min_component_fraction, not counted
+    stats = lung_statistics((speckled > 0).astype(np.uint8), speckled, qc)
+    assert stats["qc_many_components"] and stats["n_components"] == 25
+    unsure = _two_lungs()
+    assert lung_statistics(unsure, unsure * 0.6, qc)["qc_low_confidence"]
+
+
+def test_a_ct_slice_never_reaches_an_x_ray_model():
+    registry = load_registry()
+    spec = registry.get("cxr_classification", "simple_cnn_scratch")
+    called = []
+
+    class Recorder:
+        def predict_on_batch(self, images):
+            called.append(len(images))
+            return np.zeros((len(images), 3))
+
+    guarded = _guarded(_classify, spec.modality)
+    model = LoadedModel(spec, Recorder(), "v")
+    table = pd.DataFrame({"image_id": ["slice_1"], "task": ["ct"]})
+    with pytest.raises(ModalityError, match="slice_1"):
+        guarded(table, np.zeros((1, 8, 8, 1)), model)
+    assert called == []
+    guarded(table.assign(task="cxr"), np.zeros((1, 8, 8, 1)), model)
+    assert called == [1]
+
+
+def test_unknown_parameters_fail():
+    with pytest.raises(ValueError, match="sourec"):
+        resolve_inference_params({"sourec": "x"})
+    with pytest.raises(ValueError, match="max_component"):
+        resolve_inference_params({"qc": {"max_component": 3}})
+    assert resolve_inference_params({"versions": {"segmentation.unet": "v1"}})["versions"] == {"segmentation.unet": "v1"}
+    # --params=inference.versions.segmentation.unet=v1 nests the namespace
+    assert resolve_inference_params({"versions": {"segmentation": {"unet": "v1"}}})["versions"] == {"segmentation.unet": "v1"}
+
+
+def test_a_missing_model_is_a_clear_error(tmp_path):
+    store = ModelStore(str(tmp_path / "{namespace_root}" / "{name}.keras"))
+    spec = load_registry().get("segmentation", "unet")
+    with pytest.raises(ModelNotFoundError, match=r"segmentation\.unet.*train it first"):
+        store.load(spec)

@@ -1,0 +1,55 @@
+"""The inference as an MLflow pyfunc model: logged by a kedro run, loaded, predicting paths."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pandas as pd
+import pytest
+
+from tests.conftest import run_kedro
+from tests.inference.helpers import NEW_VERSION, OLD_VERSION, write_images
+from tests.pipelines.inference.conftest import TINY_PARAMS
+
+pytestmark = pytest.mark.slow
+
+
+def _close_session_runs():
+    """As the kedro_project fixture does between tests: an in-process session leaves
+    kedro-mlflow's run active, and a second session in the same test would reuse it."""
+    from kedro_mlflow.framework.hooks.mlflow_hook import mlflow_hook
+
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    mlflow_hook.run_id = None
+
+
+def test_logged_model_predicts_a_dataframe_of_paths(inference_project, tmp_path):
+    versions = {"segmentation.unet": OLD_VERSION}
+    run_kedro(inference_project, "inference_model", params={**TINY_PARAMS, "inference.versions": versions})
+    _close_session_runs()
+    logged = json.loads((inference_project / "data/06_models/inference_mlflow_model.json").read_text())
+    assert logged["models"] == {**versions, "classification.simple_cnn_scratch": NEW_VERSION}
+
+    source, output = tmp_path / "new", tmp_path / "out"
+    sizes = write_images(source)
+    paths = [str(source / "a.png"), str(source / "nested/b16.png"), str(source / "c.jpg"), str(source / "broken.png")]
+    mlflow.set_tracking_uri(f"sqlite:///{inference_project / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model(logged["model_uri"])
+    table = model.predict(pd.DataFrame({"image_path": paths}))
+    assert list(table["image_key"]) == paths  # input order, one row per path
+    assert table["error"].notna().tolist() == [False, False, False, True]
+    good = table[table["error"].isna()]
+    assert list(zip(good["height"], good["width"], strict=True)) == [sizes["a"], sizes["nested/b16"], sizes["c"]]
+
+    # the same numbers as the pipeline on the same images
+    run_kedro(inference_project, "inference", params={
+        **TINY_PARAMS, "inference.source": str(source), "inference.output": str(output), "inference.versions": versions,
+    })
+    (run,) = [p for p in output.iterdir() if not p.name.startswith(".")]
+    pipeline = pd.read_csv(run / "predictions.csv").set_index("image_id")
+    for path, row in good.set_index("image_key").iterrows():
+        image_id = {"a.png": "a", "b16.png": "nested/b16", "c.jpg": "c"}[path.rsplit("/", 1)[-1]]
+        assert row["lung_area_px"] == pipeline.loc[image_id, "lung_area_px"]
+        assert row["simple_cnn_scratch.p_covid"] == pytest.approx(pipeline.loc[image_id, "simple_cnn_scratch.p_covid"], abs=1e-6)
