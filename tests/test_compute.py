@@ -81,6 +81,14 @@ def test_lazy_results_in_sorted_order_and_out_of_order():
         lazy["images/999"]
 
 
+def test_lazy_results_raise_each_error_at_its_own_key():
+    lazy = LazyResults(partial(_fail_on, 2), {"a": 1, "b": 2, "c": 3}, ComputeConfig(n_workers=2, chunk_size=1))
+    assert lazy["a"]() == 1
+    assert lazy["c"]() == 3  # computed after the failing "b", still delivered
+    with pytest.raises(ValueError, match="item 2 is bad"):
+        lazy["b"]()
+
+
 @pytest.mark.slow
 def test_dask_local_cluster_gives_the_same_results():
     config = {"chunk_size": 4, "dask": {"scheduler_address": "local", "n_workers": 2}}

@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from itertools import islice
 from typing import Any, TypeVar
 
@@ -234,6 +235,21 @@ def ordered_map(
             executor.shutdown(wait=True, cancel_futures=True)
 
 
+def _captured(function: Callable[[T], R], item: T) -> tuple[bool, Any]:
+    # An item's error is raised when that item is asked for, not when a later one is.
+    try:
+        return True, function(item)
+    except Exception as error:  # noqa: BLE001 - re-raised by _unwrap
+        return False, error
+
+
+def _unwrap(outcome: tuple[bool, Any]) -> Any:
+    ok, value = outcome
+    if ok:
+        return value
+    raise value
+
+
 class LazyResults(Mapping[str, Callable[[], R]]):
     """``{key: callable}`` whose values are computed in parallel, ahead of the caller.
 
@@ -264,15 +280,15 @@ class LazyResults(Mapping[str, Callable[[], R]]):
     def result(self, key: str) -> R:
         with self._lock:
             if key in self._ready:
-                return self._ready.pop(key)
+                return _unwrap(self._ready.pop(key))
             if self._results is None:
                 keys = sorted(self._items)
-                values = ordered_map(self._function, (self._items[k] for k in keys), self._config)
+                values = ordered_map(partial(_captured, self._function), (self._items[k] for k in keys), self._config)
                 self._results = zip(keys, values, strict=True)
-            for produced, value in self._results:
+            for produced, outcome in self._results:
                 if produced == key:
-                    return value
-                self._ready[produced] = value  # called out of order: keep until asked for
+                    return _unwrap(outcome)
+                self._ready[produced] = outcome  # called out of order: keep until asked for
         return self._function(self._items[key])  # asked again, or after the map ended
 
     def __reduce__(self):  # crossing processes: send the work, not the running map
