@@ -26,6 +26,7 @@ import atexit
 import logging
 import multiprocessing
 import os
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -191,9 +192,26 @@ def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield chunk
 
 
+def inside_dask_worker() -> bool:
+    """True in a task running on a Dask worker (e.g. a node run by the Dask runner)."""
+    if "distributed" not in sys.modules:
+        return False
+    from distributed import get_worker  # noqa: PLC0415
+
+    try:
+        get_worker()
+    except ValueError:
+        return False
+    return True
+
+
 def _executor(config: ComputeConfig) -> tuple[Executor, bool, int]:
-    """``(executor, owned, parallelism)``; owned executors are shut down after the map."""
-    if config.uses_dask:
+    """``(executor, owned, parallelism)``; owned executors are shut down after the map.
+
+    Inside a Dask worker the map uses that worker's threads: the worker already is the
+    cluster's unit of work, and a LocalCluster cannot start inside it.
+    """
+    if config.uses_dask and not inside_dask_worker():
         client = dask_client(config)
         n_threads = sum(client.nthreads().values()) or config.dask_n_workers
         return client.get_executor(pure=False), False, n_threads

@@ -1,0 +1,136 @@
+"""Beyond one process: preprocessing on a 2-worker LocalCluster, the model pipelines under
+ParallelRunner and the Dask runner, each with the outputs of the in-process run."""
+
+from __future__ import annotations
+
+import shutil
+
+import mlflow
+import pandas as pd
+import pytest
+from kedro.framework.session import KedroSession
+from kedro.runner import ParallelRunner
+
+from covid_imaging.compute import close_dask_clients
+from covid_imaging.pipelines.segmentation.pipeline import ENSEMBLE, SEGMENTATION_MODELS
+from covid_imaging.runner import DaskRunner, DistributedDatasetError, _DaskDataset
+from tests.conftest import run_kedro
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "demo_data.generator.n_per_class": 4,
+    "demo_data.generator.n_ct_per_class": 1,
+    "demo_data.generator.cxr_size": 64,
+    "demo_data.generator.ct_size": 64,
+    "preprocessing.resize.size": 64,
+}
+for _model in SEGMENTATION_MODELS:
+    TINY |= {
+        f"segmentation.{_model}.data.image_size": 32,
+        f"segmentation.{_model}.data.batch_size": 4,
+        f"segmentation.{_model}.training.epochs": 1,
+        f"segmentation.{_model}.model.base_filters": 4,
+        f"segmentation.{_model}.stress_test.kinds": ["effusion"],
+    }
+TINY[f"segmentation.{ENSEMBLE}.stress_test.kinds"] = ["effusion"]
+LOCAL_CLUSTER = {"compute.dask.scheduler_address": "local", "compute.dask.n_workers": 2}
+
+
+def _nested(dotted: dict) -> dict:
+    nested: dict = {}
+    for key, value in dotted.items():
+        *parents, leaf = key.split(".")
+        target = nested
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return nested
+
+
+def _run(project, pipeline: str, runner=None, params: dict | None = None) -> None:
+    with KedroSession.create(project_path=project, runtime_params=_nested({**TINY, **(params or {})})) as session:
+        session.run(pipeline_names=[pipeline], runner=runner)
+
+
+def _images(folder):
+    return {path.relative_to(folder): path.read_bytes() for path in sorted(folder.rglob("*.png"))}
+
+
+def _model_outputs(project) -> dict[str, pd.DataFrame]:
+    reports = project / "data/08_reporting"
+    tables = {"comparison": pd.read_csv(reports / "segmentation_comparison.csv")}
+    for model in (*SEGMENTATION_MODELS, ENSEMBLE):
+        for name in ("per_image_metrics", "stress_test"):
+            tables[f"{model}/{name}"] = pd.read_csv(reports / "segmentation" / model / f"{name}.csv")
+    return tables
+
+
+def _assert_same(expected: dict[str, pd.DataFrame], actual: dict[str, pd.DataFrame]) -> None:
+    assert expected.keys() == actual.keys()
+    for name, table in expected.items():
+        pd.testing.assert_frame_equal(table, actual[name], check_exact=False, rtol=1e-5, atol=1e-6, obj=name)
+
+
+def _child_runs(project, pipeline: str):
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    parent = sorted((r for r in runs if r.info.run_name == pipeline), key=lambda r: r.info.start_time)[-1]
+    return [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+
+
+@pytest.fixture
+def prepared(kedro_project):
+    _run(kedro_project, "data_preparation")
+    yield kedro_project
+    close_dask_clients()
+
+
+def test_preprocessing_on_a_local_cluster_writes_the_same_images(prepared):
+    folder = prepared / "data/04_feature/preprocessed"
+    in_process = _images(folder)
+    table = (prepared / "data/05_model_input/model_input_table.csv").read_bytes()
+    assert len(in_process) > 20
+    shutil.rmtree(folder)
+    _run(prepared, "preprocessing", params=LOCAL_CLUSTER)
+    assert _images(folder) == in_process
+    assert (prepared / "data/05_model_input/model_input_table.csv").read_bytes() == table
+
+
+def test_model_pipelines_under_parallel_runner_and_dask_match_the_in_process_run(prepared):
+    namespaces = {f"segmentation.{model}" for model in (*SEGMENTATION_MODELS, ENSEMBLE)}
+    _run(prepared, "segmentation_models")
+    in_process = _model_outputs(prepared)
+
+    _run(prepared, "segmentation_models", runner=ParallelRunner(max_workers=2))
+    _assert_same(in_process, _model_outputs(prepared))
+    children = _child_runs(prepared, "segmentation_models")
+    # one child run per model, filled from the worker processes and closed by the driver
+    assert sorted(r.info.run_name for r in children) == sorted(namespaces)
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert all("test_dice_post" in r.data.metrics for r in children)
+
+    _run(prepared, "segmentation_models", runner=DaskRunner(), params=LOCAL_CLUSTER)
+    _assert_same(in_process, _model_outputs(prepared))
+    children = _child_runs(prepared, "segmentation_models")
+    assert sorted(r.info.run_name for r in children) == sorted(namespaces)
+    assert all(r.info.status == "FINISHED" and "test_dice_post" in r.data.metrics for r in children)
+
+
+def test_a_memory_dataset_that_cannot_travel_is_named():
+    from covid_imaging.compute import ComputeConfig, dask_client
+
+    client = dask_client(ComputeConfig.from_params({"dask": {"scheduler_address": "local", "n_workers": 1}}))
+    try:
+        dataset = _DaskDataset("segmentation.unet.scratch")
+        dataset.save({"ok": 1})
+        assert dataset.load() == {"ok": 1} and client.list_datasets() == ("segmentation.unet.scratch",)
+        with pytest.raises(DistributedDatasetError, match="'segmentation.unet.scratch' is memory-only"):
+            dataset.save(lambda: None)
+    finally:
+        close_dask_clients()
+
+
+def test_data_preparation_runs_with_the_processes_backend(kedro_project):
+    run_kedro(kedro_project, "data_preparation", params={**TINY, "compute.backend": "processes", "compute.n_workers": 2})
+    assert (kedro_project / "data/05_model_input/model_input_table.csv").exists()
