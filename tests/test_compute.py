@@ -7,7 +7,13 @@ from functools import partial
 
 import pytest
 
-from covid_imaging.compute import ComputeConfig, LazyResults, close_dask_clients, local_cores, ordered_map
+from covid_imaging.compute import (
+    ComputeConfig,
+    LazyResults,
+    close_dask_clients,
+    local_cores,
+    ordered_map,
+)
 
 
 def _square_after(delay: float, value: int) -> int:

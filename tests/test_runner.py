@@ -19,8 +19,8 @@ from tests.conftest import run_kedro
 pytestmark = pytest.mark.slow
 
 TINY = {
-    "demo_data.generator.n_per_class": 4,
-    "demo_data.generator.n_ct_per_class": 1,
+    "demo_data.generator.n_per_class": 6,
+    "demo_data.generator.n_ct_per_class": 2,
     "demo_data.generator.cxr_size": 64,
     "demo_data.generator.ct_size": 64,
     "preprocessing.resize.size": 64,
