@@ -3,18 +3,21 @@ ParallelRunner and the Dask runner, each with the outputs of the in-process run.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 
 import mlflow
 import pandas as pd
 import pytest
+import yaml
 from kedro.framework.session import KedroSession
-from kedro.runner import ParallelRunner
 
 from covid_imaging.compute import close_dask_clients
 from covid_imaging.pipelines.segmentation.pipeline import ENSEMBLE, SEGMENTATION_MODELS
-from covid_imaging.runner import DaskRunner, DistributedDatasetError, _DaskDataset
-from tests.conftest import run_kedro
+from covid_imaging.runner import DistributedDatasetError, _DaskDataset
+from tests.conftest import PROJECT_ROOT, run_kedro
 
 pytestmark = pytest.mark.slow
 
@@ -49,8 +52,16 @@ def _nested(dotted: dict) -> dict:
 
 
 def _run(project, pipeline: str, runner=None, params: dict | None = None) -> None:
-    with KedroSession.create(project_path=project, runtime_params=_nested({**TINY, **(params or {})})) as session:
+    with KedroSession.create(project_path=project, runtime_params=_nested(params or {})) as session:
         session.run(pipeline_names=[pipeline], runner=runner)
+
+
+def _run_cli(project, *arguments: str) -> None:
+    """``kedro run ...`` in a fresh process, as a user runs it (worker processes are
+    forked from a process that has not trained anything yet)."""
+    result = subprocess.run([sys.executable, "-m", "kedro", "run", *arguments], cwd=project, capture_output=True,
+                            text=True, timeout=1800, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT / "src")})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
 def _images(folder):
@@ -81,6 +92,10 @@ def _child_runs(project, pipeline: str):
 
 @pytest.fixture
 def prepared(kedro_project):
+    # the tiny parameters in the project's own local environment, so `kedro run` uses them too
+    tiny = kedro_project / "conf/local/parameters/tiny.yml"
+    tiny.parent.mkdir(parents=True, exist_ok=True)
+    tiny.write_text(yaml.safe_dump(_nested(TINY)))
     _run(kedro_project, "data_preparation")
     yield kedro_project
     close_dask_clients()
@@ -102,7 +117,7 @@ def test_model_pipelines_under_parallel_runner_and_dask_match_the_in_process_run
     _run(prepared, "segmentation_models")
     in_process = _model_outputs(prepared)
 
-    _run(prepared, "segmentation_models", runner=ParallelRunner(max_workers=2))
+    _run_cli(prepared, "--pipeline=segmentation_models", "--runner=ParallelRunner", "--runner-params=max_workers=2")
     _assert_same(in_process, _model_outputs(prepared))
     children = _child_runs(prepared, "segmentation_models")
     # one child run per model, filled from the worker processes and closed by the driver
@@ -110,7 +125,8 @@ def test_model_pipelines_under_parallel_runner_and_dask_match_the_in_process_run
     assert all(r.info.status == "FINISHED" for r in children)
     assert all("test_dice_post" in r.data.metrics for r in children)
 
-    _run(prepared, "segmentation_models", runner=DaskRunner(), params=LOCAL_CLUSTER)
+    _run_cli(prepared, "--pipeline=segmentation_models", "--runner=covid_imaging.runner.DaskRunner",
+             "--params=compute.dask.scheduler_address=local,compute.dask.n_workers=2")
     _assert_same(in_process, _model_outputs(prepared))
     children = _child_runs(prepared, "segmentation_models")
     assert sorted(r.info.run_name for r in children) == sorted(namespaces)
