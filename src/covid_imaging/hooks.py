@@ -112,7 +112,6 @@ class ModelRunTrackingHook:
         os.environ.pop(RUNS_ENV, None)
         if mlflow.active_run() is None:  # tracking disabled for this pipeline
             return
-        self._owner = True
         for namespace in sorted({model_namespace(node) for node in pipeline.nodes} - {None}):
             self._child_run(namespace)
         os.environ[RUNS_ENV] = json.dumps({"tracking_uri": mlflow.get_tracking_uri(), "runs": self._runs})
@@ -150,6 +149,7 @@ class ModelRunTrackingHook:
             },
         )
         self._runs[namespace] = run.info.run_id
+        self._owner = True  # created here: closed here
         logger.info("MLflow run '%s' (%s) started for model %s", namespace, run.info.run_id, namespace)
         return self._runs[namespace]
 
