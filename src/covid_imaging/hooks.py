@@ -11,12 +11,21 @@ side. Logging lives here, in one place, driven by the names of node outputs:
 * matplotlib figures → PNG artifacts under ``plots/``;
 * DataFrames → CSV artifacts under ``tables/``;
 * ``params:<ns>.*`` inputs → run parameters (never credentials: those are not parameters).
+
+Runners that run nodes in other processes (``ParallelRunner``, the Dask runner in
+``covid_imaging.runner``) get a fresh or forked copy of this hook per process. So the
+child runs are all created before the pipeline starts, in the driver, and their ids
+and the tracking URI are handed to the other processes in the environment variable
+``COVID_IMAGING_MLFLOW_RUNS`` (the Dask runner sends it to its workers): every process
+logs into the same child run per namespace, and the driver closes them.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -37,6 +46,7 @@ logger = logging.getLogger(__name__)
 # plus the cross-source segmentation pipeline's runs (one per training recipe, not a model).
 TRACKED_NAMESPACE_ROOTS = (*namespace_roots(), "segmentation_cross_source")
 MAX_PARAM_LENGTH = 6000
+RUNS_ENV = "COVID_IMAGING_MLFLOW_RUNS"  # {"tracking_uri": ..., "runs": {namespace: run id}}
 REPORTS_TO_ANNOUNCE = ("segmentation_comparison", "segmentation_cross_source", "classification_comparison", "shortcut_audit", "rejected_files")
 
 
@@ -85,6 +95,8 @@ class ModelRunTrackingHook:
         self._dataset_name = "unknown"
         self._env = "local"
         self._client: MlflowClient | None = None
+        self._client_pid: int | None = None
+        self._owner = False  # this process created the runs (and closes them)
 
     @hook_impl
     def after_context_created(self, context) -> None:
@@ -95,30 +107,50 @@ class ModelRunTrackingHook:
             self._dataset_name = "unknown"
 
     @hook_impl
-    def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
-        self._runs = {}
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline) -> None:
+        self._runs, self._owner = {}, False
+        os.environ.pop(RUNS_ENV, None)
+        if mlflow.active_run() is None:  # tracking disabled for this pipeline
+            return
+        for namespace in sorted({model_namespace(node) for node in pipeline.nodes} - {None}):
+            self._child_run(namespace)
+        os.environ[RUNS_ENV] = json.dumps({"tracking_uri": mlflow.get_tracking_uri(), "runs": self._runs})
+
+    def _mlflow_client(self, tracking_uri: str | None = None) -> MlflowClient:
+        if self._client is None or self._client_pid != os.getpid():  # a forked copy: own connections
+            self._client = MlflowClient(tracking_uri=tracking_uri)
+            self._client_pid = os.getpid()
+        return self._client
 
     def _child_run(self, namespace: str) -> str | None:
+        if namespace in self._runs:
+            self._mlflow_client()
+            return self._runs[namespace]
+        shared = json.loads(os.environ.get(RUNS_ENV) or "{}")  # another process created the runs
+        if namespace in shared.get("runs", {}):
+            self._mlflow_client(shared.get("tracking_uri"))
+            self._runs[namespace] = shared["runs"][namespace]
+            return self._runs[namespace]
         parent = mlflow.active_run()
         if parent is None:  # tracking disabled for this pipeline
             return None
-        if namespace not in self._runs:
-            self._client = MlflowClient()
-            run = self._client.create_run(
-                experiment_id=parent.info.experiment_id,
-                run_name=namespace,
-                tags={
-                    "mlflow.parentRunId": parent.info.run_id,
-                    "model": namespace.split(".")[-1],
-                    "task": namespace.split(".")[0],
-                    "device": describe_compute_device(),
-                    "dataset": self._dataset_name,
-                    "kedro_env": self._env,
-                    "git_commit": git_commit(),
-                },
-            )
-            self._runs[namespace] = run.info.run_id
-            logger.info("MLflow run '%s' (%s) started for model %s", namespace, run.info.run_id, namespace)
+        client = self._mlflow_client()
+        run = client.create_run(
+            experiment_id=parent.info.experiment_id,
+            run_name=namespace,
+            tags={
+                "mlflow.parentRunId": parent.info.run_id,
+                "model": namespace.split(".")[-1],
+                "task": namespace.split(".")[0],
+                "device": describe_compute_device(),
+                "dataset": self._dataset_name,
+                "kedro_env": self._env,
+                "git_commit": git_commit(),
+            },
+        )
+        self._runs[namespace] = run.info.run_id
+        self._owner = True  # created here: closed here
+        logger.info("MLflow run '%s' (%s) started for model %s", namespace, run.info.run_id, namespace)
         return self._runs[namespace]
 
     def _tracked(self, node: Node) -> tuple[str, str] | None:
@@ -188,10 +220,15 @@ class ModelRunTrackingHook:
                 client.log_artifact(run_id, str(path), "model")
 
     def _close_runs(self, status: str) -> None:
+        if not self._owner:  # another process's runs: the driver closes them
+            self._runs = {}
+            return
+        client = self._mlflow_client()
         for namespace, run_id in self._runs.items():
-            self._client.set_terminated(run_id, status)
+            client.set_terminated(run_id, status)
             logger.info("MLflow run '%s' (%s) finished: %s", namespace, run_id, status)
-        self._runs = {}
+        self._runs, self._owner = {}, False
+        os.environ.pop(RUNS_ENV, None)
 
     @hook_impl
     def after_pipeline_run(self, pipeline, catalog) -> None:

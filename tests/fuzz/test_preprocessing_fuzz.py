@@ -186,10 +186,12 @@ MEMORY_SCRIPT = textwrap.dedent(
         files = PartitionedDataset(path=root, dataset="covid_imaging.datasets.bytes_dataset.BytesDataset").load()
         manifest, _ = build_manifest(files, {**ingestion, "raw_location": root})
         # warm-up (imports: pydicom for the DICOMs, fsspec), then the measured stage
-        dataset.save(preprocess_images(manifest.head(1), files, preprocessing))
-        dataset.save(preprocess_images(manifest[manifest["image_key"].str.endswith(".dcm")], files, preprocessing))
+        # one image at a time: the serial backend (the threads backend holds one per worker)
+        serial = {"backend": "serial"}
+        dataset.save(preprocess_images(manifest.head(1), files, preprocessing, serial))
+        dataset.save(preprocess_images(manifest[manifest["image_key"].str.endswith(".dcm")], files, preprocessing, serial))
         tracemalloc.start()
-        dataset.save(preprocess_images(manifest, files, preprocessing))  # lazy saving, as Kedro does
+        dataset.save(preprocess_images(manifest, files, preprocessing, serial))  # lazy saving, as Kedro does
         result[name] = {"images": len(manifest), "traced_peak_mib": tracemalloc.get_traced_memory()[1] / 2**20}
         tracemalloc.stop()
     result["process_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -9,6 +9,7 @@ size is known, the post-processed mask at the image's own resolution.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from typing import Any
 
 import keras
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from covid_imaging.compute import ComputeConfig, ordered_map
 from covid_imaging.imaging.io import decode_image, to_gray_uint8
 from covid_imaging.imaging.preprocessing import restore_native_size
 from covid_imaging.segmentation.augmentation import OPACITY_KINDS, paste_opacity
@@ -97,6 +99,37 @@ def load_native_mask(raw_files: Loaders, mask_key: str, height: int, width: int)
     return mask > 127
 
 
+def _score_one(
+    item: tuple[dict[str, Any], np.ndarray, np.ndarray, Callable[[], bytes] | None],
+    postprocessing_params: Mapping[str, Any],
+    preprocessing_params: Mapping[str, Any] | None,
+) -> tuple[dict[str, Any], np.ndarray]:
+    """One image's metrics (and its post-processed mask) from its probability map."""
+    row, mask, probability_map, load_mask = item
+    postprocessed = postprocess_probability_map(probability_map, postprocessing_params)
+    record = {
+        "image_id": row["image_id"],
+        "source": row["source"],
+        "mask_convention": row["mask_convention"],
+        **image_metrics(probability_map, mask, postprocessed),
+    }
+    if load_mask is not None and preprocessing_params is not None:
+        height, width = int(row["height"]), int(row["width"])
+        truth = load_native_mask({"mask": load_mask}, "mask", height, width)
+        native_map, native_mask = native_lung_mask(
+            probability_map, height, width, preprocessing_params, postprocessing_params
+        )
+        record |= {
+            "dice_native_raw": dice_score(native_map > 0.5, truth),
+            "dice_native_post": dice_score(native_mask, truth),
+            "iou_native_post": iou_score(native_mask, truth),
+            # > 1: the mask reaches beyond the annotated lung (e.g. behind the heart,
+            # which only V7 masks include); < 1: it misses lung (opacities, borders).
+            "area_ratio_native_post": float(np.count_nonzero(native_mask)) / max(1, int(truth.sum())),
+        }
+    return record, postprocessed
+
+
 def score_images(
     model: keras.Model,
     rows: pd.DataFrame,
@@ -106,42 +139,41 @@ def score_images(
     raw_files: Loaders | None = None,
     transform: ImageTransform | None = None,
     keep_samples: int = 0,
+    compute: Mapping[str, Any] | ComputeConfig | None = None,
 ) -> tuple[pd.DataFrame, list[tuple[np.ndarray, ...]]]:
     """Per-image metrics of ``model`` on ``rows``: at model size and, with raw files, at native size.
 
     Returns the table (``image_id``, ``source``, ``mask_convention``, ``dice_raw`` ...
     ``mse``, and ``dice_native_raw``, ``dice_native_post``, ``iou_native_post``,
     ``area_ratio_native_post`` when ``raw_files`` is given) and up to ``keep_samples`` ``(image, mask, probability,
-    post-processed)`` tuples for figures.
+    post-processed)`` tuples for figures. The model predicts in this process; the
+    per-image post-processing and scoring run on the ``compute`` backend (all local
+    cores by default) while the next batches are predicted, with the same results.
     """
     records, samples = [], []
     native = raw_files is not None and preprocessing_params is not None
     # The model's own input size: one fact, whatever the parameters say (an ensemble has none).
     image_size = int(model.input_shape[1])
-    for row, image, mask, probability_map in predict_batches(
-        model, rows, image_size, int(data_params["batch_size"]), transform
-    ):
-        postprocessed = postprocess_probability_map(probability_map, postprocessing_params)
-        record = {
-            "image_id": row.image_id,
-            "source": row.source,
-            "mask_convention": getattr(row, "mask_convention", "unspecified"),
-            **image_metrics(probability_map, mask, postprocessed),
-        }
-        if native:
-            truth = load_native_mask(raw_files, row.mask_key, int(row.height), int(row.width))
-            native_map, native_mask = native_lung_mask(
-                probability_map, int(row.height), int(row.width), preprocessing_params, postprocessing_params
-            )
-            record |= {
-                "dice_native_raw": dice_score(native_map > 0.5, truth),
-                "dice_native_post": dice_score(native_mask, truth),
-                "iou_native_post": iou_score(native_mask, truth),
-                # > 1: the mask reaches beyond the annotated lung (e.g. behind the heart,
-                # which only V7 masks include); < 1: it misses lung (opacities, borders).
-                "area_ratio_native_post": float(np.count_nonzero(native_mask)) / max(1, int(truth.sum())),
+    kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def predicted():
+        for row, image, mask, probability_map in predict_batches(
+            model, rows, image_size, int(data_params["batch_size"]), transform
+        ):
+            fields = {
+                "image_id": row.image_id, "source": row.source,
+                "mask_convention": getattr(row, "mask_convention", "unspecified"),
+                "height": getattr(row, "height", 0), "width": getattr(row, "width", 0),
             }
+            if len(kept) < keep_samples:
+                kept.append((image, mask, probability_map))
+            yield fields, mask, probability_map, raw_files[row.mask_key] if native else None
+
+    score = partial(_score_one, postprocessing_params=postprocessing_params,
+                    preprocessing_params=preprocessing_params if native else None)
+    for index, (record, postprocessed) in enumerate(ordered_map(score, predicted(), compute)):
         records.append(record)
-        if len(samples) < keep_samples:
-            samples.append((image, mask, probability_map, postprocessed, float(record["dice_post"]), str(row.image_id)))
+        if index < keep_samples:
+            image, mask, probability_map = kept[index]
+            samples.append((image, mask, probability_map, postprocessed, float(record["dice_post"]), str(record["image_id"])))
     return pd.DataFrame(records), samples

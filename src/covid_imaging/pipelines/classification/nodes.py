@@ -35,6 +35,7 @@ from covid_imaging.classification.training import (
     train_classifier,
 )
 from covid_imaging.classification.transfer import transfer_weights
+from covid_imaging.compute import ComputeConfig, LazyResults, ordered_map
 from covid_imaging.imaging.io import decode_gray, encode_png
 from covid_imaging.params import merge_params
 from covid_imaging.registry import (
@@ -118,23 +119,43 @@ class ModalityGuarded:
         return f"ModalityGuarded({self.__name__}, {self.modality!r})"
 
 
+def _lung_mask_at(shape: tuple[int, int], probability_map: np.ndarray, postprocessing: dict[str, Any]) -> np.ndarray:
+    full = cv2.resize(probability_map.astype(np.float32), shape[::-1], interpolation=cv2.INTER_LINEAR)
+    return postprocess_probability_map(np.clip(full, 0, 1), postprocessing)
+
+
+def _lung_mask_task(task: tuple[tuple[int, int], np.ndarray], postprocessing: dict[str, Any]) -> np.ndarray:
+    return _lung_mask_at(*task, postprocessing)
+
+
 def _predict_lung_masks(
-    images: pd.DataFrame, preprocessed_images: Loaders, segmentation_model: keras.Model, params: dict[str, Any]
+    images: pd.DataFrame, preprocessed_images: Loaders, segmentation_model: keras.Model, params: dict[str, Any],
+    compute: ComputeConfig | None = None,
 ) -> dict[str, np.ndarray]:
-    """Post-processed lung masks (uint8 {0,1}, at the preprocessed size), batch by batch."""
+    """Post-processed lung masks (uint8 {0,1}, at the preprocessed size), batch by batch.
+
+    The model predicts in this process; post-processing each map runs on the ``compute``
+    backend while the next batches are predicted.
+    """
     size = int(segmentation_model.input_shape[1])
     batch_size = int(params.get("batch_size", 16))
-    masks: dict[str, np.ndarray] = {}
     image_ids = list(images["image_id"])
-    for start in range(0, len(image_ids), batch_size):
-        batch_ids = image_ids[start : start + batch_size]
-        grays = [decode_gray(preprocessed_images[f"images/{image_id}"]()) for image_id in batch_ids]
-        batch = np.stack([cv2.resize(g, (size, size), interpolation=cv2.INTER_AREA) for g in grays])
-        probabilities = np.asarray(segmentation_model.predict_on_batch(batch[..., None] / 255.0))[..., 0]
-        for image_id, gray, probability_map in zip(batch_ids, grays, probabilities, strict=True):
-            full = cv2.resize(probability_map.astype(np.float32), gray.shape[::-1], interpolation=cv2.INTER_LINEAR)
-            masks[image_id] = postprocess_probability_map(np.clip(full, 0, 1), params["postprocessing"])
-    return masks
+
+    def predicted():
+        for start in range(0, len(image_ids), batch_size):
+            batch_ids = image_ids[start : start + batch_size]
+            grays = [decode_gray(preprocessed_images[f"images/{image_id}"]()) for image_id in batch_ids]
+            batch = np.stack([cv2.resize(g, (size, size), interpolation=cv2.INTER_AREA) for g in grays])
+            probabilities = np.asarray(segmentation_model.predict_on_batch(batch[..., None] / 255.0))[..., 0]
+            for gray, probability_map in zip(grays, probabilities, strict=True):
+                yield gray.shape, probability_map
+
+    task = partial(_lung_mask_task, postprocessing=params["postprocessing"])
+    return dict(zip(image_ids, ordered_map(task, predicted(), compute), strict=True))
+
+
+def _call(task: Callable[[], bytes]) -> bytes:
+    return task()
 
 
 def _masked_variant(load: Callable[[], bytes], mask_png: bytes, variant: str, params: dict[str, Any]) -> bytes:
@@ -154,16 +175,19 @@ def _masked_variant(load: Callable[[], bytes], mask_png: bytes, variant: str, pa
 
 
 def mask_lungs(
-    images: pd.DataFrame, preprocessed_images: Loaders, segmentation_model: keras.Model, params: dict[str, Any]
-) -> tuple[dict[str, Callable[[], bytes]], pd.DataFrame]:
+    images: pd.DataFrame, preprocessed_images: Loaders, segmentation_model: keras.Model, params: dict[str, Any],
+    compute: dict[str, Any] | None = None,
+) -> tuple[LazyResults, pd.DataFrame]:
     """Segment the lungs of every classification image with the trained segmentation model.
 
     Returns lazily-written files (``masks/``, ``lungs/`` lung-only crops, ``lungs_mask/``,
     ``lungless/`` lungs blacked out, for the shortcut audit) and a report with each
     image's lung-area fraction; images under ``min_lung_area_fraction`` are excluded
-    with the reason.
+    with the reason. Post-processing and the masked variants run on the ``compute``
+    backend (all local cores by default); the files are the same whatever the backend.
     """
-    masks = _predict_lung_masks(images, preprocessed_images, segmentation_model, params)
+    config = ComputeConfig.from_params(compute)
+    masks = _predict_lung_masks(images, preprocessed_images, segmentation_model, params, config)
     outputs: dict[str, Callable[[], bytes]] = {}
     rows = []
     minimum = float(params["min_lung_area_fraction"])
@@ -183,7 +207,7 @@ def mask_lungs(
             outputs[f"{variant}/{image_id}"] = partial(_masked_variant, load, mask_png, variant, params)
     report = pd.DataFrame(rows, columns=["image_id", "lung_area_fraction", "excluded", "reason"])
     logger.info("Lung masking: %d images, %d excluded (lung area too small)", len(report), int(report["excluded"].sum()))
-    return outputs, report
+    return LazyResults(_call, outputs, config), report
 
 
 def build_classification_inputs(

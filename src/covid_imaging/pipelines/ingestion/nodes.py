@@ -19,16 +19,16 @@ import logging
 import os
 import re
 import threading
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from covid_imaging.compute import ComputeConfig, ordered_map
 from covid_imaging.datasets.bytes_dataset import UnreadableFileError
 from covid_imaging.imaging.io import (
     DEFAULT_MAX_PIXELS,
@@ -322,27 +322,37 @@ def _check_candidate(candidate: dict[str, Any], raw_files: RawFiles, params: dic
     return checked
 
 
-def _checked_in_order(candidates: list[dict[str, Any]], raw_files: RawFiles, params: dict[str, Any]) -> Iterator[_Checked]:
-    """Check candidates on ``n_workers`` threads, yielding results in candidate order.
+_gates: dict[int, _PixelGate] = {}
+_gates_lock = threading.Lock()
+
+
+def _process_gate(capacity: int) -> _PixelGate:
+    """One pixel gate per process and budget: threads of a process share it (processes and
+    Dask workers each have their own, so each bounds its own memory)."""
+    with _gates_lock:
+        return _gates.setdefault(int(capacity), _PixelGate(capacity))
+
+
+def _check_task(task: tuple[dict[str, Any], RawFiles], params: dict[str, Any]) -> _Checked:
+    candidate, loaders = task
+    return _check_candidate(candidate, loaders, params, _process_gate(int(params["max_pixels"])))
+
+
+def _checked_in_order(candidates: list[dict[str, Any]], raw_files: RawFiles, params: dict[str, Any],
+                      compute: ComputeConfig | None = None) -> Iterator[_Checked]:
+    """Check candidates on the ``compute`` backend, yielding results in candidate order.
 
     At most ``n_workers`` files are in flight, so a consumer that stops (strict mode)
-    leaves the rest undecoded, and results never pile up in memory.
+    leaves the rest undecoded, and results never pile up in memory. Each task carries
+    only its own image's and mask's loaders (not the whole listing).
     """
-    gate = _PixelGate(int(params["max_pixels"]))
-    n_workers = max(1, int(params["n_workers"]))
-    with ThreadPoolExecutor(max_workers=n_workers) as pool:
-        pending: deque[Future[_Checked]] = deque()
-        remaining = iter(candidates)
-        try:
-            for candidate in remaining:
-                pending.append(pool.submit(_check_candidate, candidate, raw_files, params, gate))
-                if len(pending) >= n_workers:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()
+    n_in_flight = max(1, int(params["n_workers"]))
+    config = replace(compute or ComputeConfig(n_workers=n_in_flight), chunk_size=1, in_flight=n_in_flight)
+    tasks = (
+        (candidate, {key: raw_files[key] for key in (candidate["image_key"], candidate["mask_key"]) if key in raw_files})
+        for candidate in candidates
+    )
+    yield from ordered_map(partial(_check_task, params=params), tasks, config)
 
 
 # ----------------------------------------------------------------------------- listing
@@ -457,7 +467,9 @@ def _assign_image_ids(keys: pd.Series) -> pd.Series:
 # ----------------------------------------------------------------------------- the node
 
 
-def build_manifest(raw_files: RawFiles, params: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def build_manifest(
+    raw_files: RawFiles, params: dict[str, Any], compute: dict[str, Any] | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Decode and validate every candidate; return (manifest, rejected-files report).
 
     Errors (the file is not used): corrupt/truncated/empty/non-image files, unreadable
@@ -465,6 +477,8 @@ def build_manifest(raw_files: RawFiles, params: dict[str, Any]) -> tuple[pd.Data
     unusable manifest rows, missing masks (for tasks that need them), masks of another
     aspect ratio, non-binary masks, exact duplicates (same SHA-256 as a file listed
     earlier). Warnings: see ``WARNING_KINDS``. ``strict: true`` raises on the first error.
+    Files are read, decoded and hashed on the ``compute`` backend (all local cores by
+    default), ``ingestion.n_workers`` files at a time.
     """
     params = resolve_ingestion_params(params)
     root, strict, as_errors = params["raw_location"], bool(params["strict"]), params["warnings_as_errors"]
@@ -505,7 +519,8 @@ def build_manifest(raw_files: RawFiles, params: dict[str, Any]) -> tuple[pd.Data
     accepted, first_key_by_hash = [], {}
     if not candidates.empty:
         candidates["group_id"] = assign_group_ids(candidates, _patient_ids(usable, params))
-        for checked in _checked_in_order(candidates.to_dict("records"), usable, params):
+        config = ComputeConfig.from_params(compute) if compute is not None else None
+        for checked in _checked_in_order(candidates.to_dict("records"), usable, params, config):
             row = checked.row
             if not checked.problems and row["content_hash"] in first_key_by_hash:
                 checked.problems.append(

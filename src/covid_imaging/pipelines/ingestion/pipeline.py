@@ -10,7 +10,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 build_manifest,
-                ["raw_images@files", "params:ingestion"],
+                ["raw_images@files", "params:ingestion", "params:compute"],
                 ["manifest", "rejected_files"],
                 name="build_manifest",
             )

@@ -1,8 +1,11 @@
 """Preprocessing nodes that stream: each output image is produced when it is saved.
 
 ``preprocess_images`` returns a mapping of output keys to callables. Kedro's
-``PartitionedDataset`` calls them one at a time while saving (lazy saving), so memory
-is bounded by one image, not by the data set (33,920 images in the reference set).
+``PartitionedDataset`` calls them one at a time while saving (lazy saving); the images
+are computed ahead of it on the ``compute`` backend (all local cores by default, or a
+Dask cluster), in bounded chunks (:class:`covid_imaging.compute.LazyResults`), so
+memory is bounded by the chunks in flight, not by the data set (33,920 images in the
+reference set).
 
 Every image is decoded with the pixel budget of :func:`decode_image`, raised to the size
 ingestion accepted for it (the manifest's width x height): an image accepted with a
@@ -17,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from covid_imaging.compute import ComputeConfig, LazyResults
 from covid_imaging.imaging.io import DEFAULT_MAX_PIXELS, decode_image, encode_png, to_gray_uint8
 from covid_imaging.imaging.preprocessing import PreprocessingConfig, preprocess_gray, resize_mask
 
@@ -43,19 +47,26 @@ def _pixel_budget(row: Any) -> int:
     return max(DEFAULT_MAX_PIXELS, accepted)
 
 
-def preprocess_images(manifest: pd.DataFrame, raw_files: RawFiles, params: dict[str, Any]) -> dict[str, Callable[[], bytes]]:
+def _call(task: Callable[[], bytes]) -> bytes:
+    return task()
+
+
+def preprocess_images(
+    manifest: pd.DataFrame, raw_files: RawFiles, params: dict[str, Any], compute: dict[str, Any] | None = None
+) -> LazyResults:
     """Lazily preprocess every manifest image (and its mask, resized with nearest-neighbour).
 
-    Output keys: ``images/<image_id>`` and ``masks/<image_id>`` (saved as PNG).
+    Output keys: ``images/<image_id>`` and ``masks/<image_id>`` (saved as PNG), computed
+    on the ``compute`` backend; the PNGs are the same whatever the backend.
     """
     config = PreprocessingConfig.from_params(params)
-    outputs: dict[str, Callable[[], bytes]] = {}
+    tasks: dict[str, Callable[[], bytes]] = {}
     for row in manifest.itertuples(index=False):
         budget = _pixel_budget(row)
-        outputs[f"images/{row.image_id}"] = partial(_preprocess_image_file, raw_files[row.image_key], config, budget)
+        tasks[f"images/{row.image_id}"] = partial(_preprocess_image_file, raw_files[row.image_key], config, budget)
         if row.mask_key:
-            outputs[f"masks/{row.image_id}"] = partial(_preprocess_mask_file, raw_files[row.mask_key], config, budget)
-    return outputs
+            tasks[f"masks/{row.image_id}"] = partial(_preprocess_mask_file, raw_files[row.mask_key], config, budget)
+    return LazyResults(_call, tasks, ComputeConfig.from_params(compute))
 
 
 def build_model_input_table(

@@ -10,7 +10,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 preprocess_images,
-                ["manifest", "raw_images@files", "params:preprocessing"],
+                ["manifest", "raw_images@files", "params:preprocessing", "params:compute"],
                 "preprocessed_images",
                 name="preprocess_images",
             ),

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from covid_imaging.compute import ComputeConfig
 from covid_imaging.segmentation._params import merge_params
 from covid_imaging.segmentation.augmentation import OPACITY_KINDS
 from covid_imaging.segmentation.data import make_segmentation_dataset
@@ -131,17 +132,18 @@ def evaluate_on_test(
     data_params: dict[str, Any],
     postprocessing_params: dict[str, Any],
     preprocessing_params: dict[str, Any],
+    compute: dict[str, Any] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, float], Figure]:
     """Predict the test split; metrics at model size (before/after post-processing) and at native size.
 
     At native size the probability map is brought back to each image's own resolution
     (padding removed), thresholded and post-processed there, and compared with the
-    original mask file.
+    original mask file. Per-image scoring runs on the ``compute`` backend.
     """
     test = _split_rows(images, "test")
     per_image, samples = score_images(
         model, test, data_params, postprocessing_params, preprocessing_params, raw_files,
-        keep_samples=int(data_params.get("n_sample_predictions", 4)),
+        keep_samples=int(data_params.get("n_sample_predictions", 4)), compute=ComputeConfig.from_params(compute),
     )
     figure = plot_sample_predictions(
         *(np.stack(items) for items in list(zip(*samples, strict=True))[:4]),
@@ -156,6 +158,7 @@ def stress_test(
     data_params: dict[str, Any],
     postprocessing_params: dict[str, Any],
     stress_params: dict[str, Any],
+    compute: dict[str, Any] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Dice on the test images with synthetic opacities pasted inside the true lung, against clean.
 
@@ -165,10 +168,12 @@ def stress_test(
     """
     settings = merge_params(STRESS_TEST_DEFAULTS, stress_params, where="stress_test")
     test = _split_rows(images, "test")
-    tables = [score_images(model, test, data_params, postprocessing_params)[0].assign(condition="clean")]
+    config = ComputeConfig.from_params(compute)
+    tables = [score_images(model, test, data_params, postprocessing_params, compute=config)[0].assign(condition="clean")]
     for kind in settings["kinds"]:
         paste = opacity_transform(kind, float(settings["strength"]), int(settings["seed"]))
-        tables.append(score_images(model, test, data_params, postprocessing_params, transform=paste)[0].assign(condition=kind))
+        tables.append(score_images(model, test, data_params, postprocessing_params, transform=paste,
+                                   compute=config)[0].assign(condition=kind))
     table = pd.concat(tables, ignore_index=True)
     clean = table[table["condition"] == "clean"].set_index("image_id")["dice_post"]
     table["dice_post_drop"] = [clean[image_id] - dice for image_id, dice in zip(table["image_id"], table["dice_post"], strict=True)]

@@ -51,7 +51,7 @@ def evaluation_nodes() -> list:
             evaluate_on_test,
             [
                 "model", "segmentation_images", "raw_images@files",
-                "params:data", "params:postprocessing", "params:preprocessing",
+                "params:data", "params:postprocessing", "params:preprocessing", "params:compute",
             ],
             ["per_image_metrics", "test_metrics", "sample_predictions"],
             name="evaluate_on_test",
@@ -59,7 +59,8 @@ def evaluation_nodes() -> list:
         node(summarise_metrics, "per_image_metrics", "metrics_summary", name="summarise_metrics"),
         node(
             stress_test,
-            ["model", "segmentation_images", "params:data", "params:postprocessing", "params:stress_test"],
+            ["model", "segmentation_images", "params:data", "params:postprocessing", "params:stress_test",
+             "params:compute"],
             ["stress_test", "stress_metrics"],
             name="stress_test",
         ),
@@ -82,7 +83,7 @@ def ensemble_pipeline(models: tuple[str, ...]) -> Pipeline:
 
 # Inputs every model pipeline shares (kept out of the model namespace).
 SHARED_INPUTS = {"segmentation_images", "raw_images@files"}
-SHARED_PARAMETERS = {"params:preprocessing": "params:preprocessing"}
+SHARED_PARAMETERS = {"params:preprocessing": "params:preprocessing", "params:compute": "params:compute"}
 
 
 def create_pipeline(models: tuple[str, ...] = SEGMENTATION_MODELS, compare: bool = True, **kwargs) -> Pipeline:

@@ -1,0 +1,182 @@
+"""A Kedro runner that distributes nodes over a Dask cluster (Kedro's "deploy with Dask" guide).
+
+``kedro run --runner=covid_imaging.runner.DaskRunner --pipeline=segmentation_models``
+submits every node as one Dask task that depends on the tasks of the nodes it needs,
+so independent nodes (the namespaced model pipelines) run on different workers at the
+same time. The cluster is the one of ``compute.dask.scheduler_address``
+(``conf/base/parameters/compute.yml``): an address, or ``local`` for a ``LocalCluster``
+of ``compute.dask.n_workers``; when it is null, Dask's own configuration
+(``DASK_SCHEDULER_ADDRESS``), else a ``LocalCluster`` of ``compute.dask.n_workers``.
+
+What crosses workers, as in the guide:
+
+* catalog datasets are pickled to the worker that runs the node, which reads and
+  writes them itself, so their paths must be reachable from every worker: a shared
+  file system mounted at the same path (workers are started from the project folder;
+  checked before the run) or ``abfs://``;
+* memory-only datasets passed from one node to another (``MemoryDataset``, e.g.
+  ``ct_classification.<model>.data``) are published on the scheduler
+  (``Client.publish_dataset``) instead of living in one process's memory; a value
+  that cannot be sent (unpicklable) fails with an error naming the dataset.
+
+Each worker runs the nodes with the project's hooks (``settings.HOOKS``), so the
+per-model MLflow child runs are filled from the workers; plugin hooks such as
+kedro-mlflow's node-level parameter logging run only in the driver (the parent run
+still gets the parameters that the child runs record per model).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections import Counter
+from dataclasses import replace
+from itertools import chain
+from typing import Any
+
+from kedro.io import AbstractDataset, DatasetError, MemoryDataset
+from kedro.runner import AbstractRunner
+from kedro.runner.task import Task
+
+from covid_imaging.compute import ComputeConfig
+from covid_imaging.hooks import RUNS_ENV
+
+
+class DistributedDatasetError(DatasetError):
+    """A dataset cannot be shared between the workers of a Dask cluster."""
+
+
+class _DaskDataset(AbstractDataset):
+    """A memory-only dataset published on the Dask scheduler under its name."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    @staticmethod
+    def _client():
+        from distributed import get_client  # noqa: PLC0415
+
+        return get_client()  # the worker's client inside a task, the driver's outside
+
+    def load(self) -> Any:
+        return self._client().get_dataset(self._name)
+
+    def save(self, data: Any) -> None:
+        try:
+            pickle.dumps(data)
+        except Exception as error:  # noqa: BLE001 - any pickling failure means it cannot travel
+            raise DistributedDatasetError(
+                f"Dataset '{self._name}' is memory-only and its value ({type(data).__name__}) cannot be sent to "
+                f"other Dask workers ({error}). Give it a catalog entry on storage every worker reaches "
+                f"(a shared file system or abfs://)."
+            ) from error
+        client = self._client()
+        if self._name in client.list_datasets():
+            client.unpublish_dataset(self._name)
+        client.publish_dataset(data, name=self._name)
+
+    def _exists(self) -> bool:
+        return self._name in self._client().list_datasets()
+
+    def release(self) -> None:
+        client = self._client()
+        if self._name in client.list_datasets():
+            client.unpublish_dataset(self._name)
+
+    def _describe(self) -> dict[str, Any]:
+        return {"name": self._name}
+
+
+def _run_node_on_worker(node, catalog, is_async: bool, run_id: str | None, environment: dict[str, str],
+                        *dependencies) -> Any:
+    """Run one node on a worker; ``dependencies`` (the futures of its inputs' nodes) only order it."""
+    from kedro.framework.hooks.manager import _create_hook_manager, _register_hooks  # noqa: PLC0415
+    from kedro.framework.project import PACKAGE_NAME, configure_project, settings  # noqa: PLC0415
+
+    os.environ.update(environment)  # the MLflow child runs created by the driver
+    if PACKAGE_NAME != "covid_imaging":
+        configure_project("covid_imaging")
+    hook_manager = _create_hook_manager()
+    _register_hooks(hook_manager, settings.HOOKS)
+    Task(node=node, catalog=catalog, hook_manager=hook_manager, is_async=is_async, run_id=run_id).execute()
+    return node.name
+
+
+def _check_workers_see_the_project(client) -> None:
+    """Relative catalog paths resolve against each worker's folder: it must be this project's."""
+    here = os.getcwd()
+    folders = client.run(os.getcwd)
+    elsewhere = {worker: folder for worker, folder in folders.items() if folder != here}
+    if elsewhere:
+        raise DistributedDatasetError(
+            f"Dask workers run in other folders than the project ({here}): {elsewhere}. Start the workers from "
+            f"the project folder on a shared file system (the catalog's relative paths resolve there), or "
+            f"point the catalog at abfs:// paths and start them there."
+        )
+
+
+class DaskRunner(AbstractRunner):
+    """Runs each node as a Dask task, in dependency order, on the cluster of the ``compute`` parameters."""
+
+    def __init__(self, client_args: dict[str, Any] | None = None, is_async: bool = False) -> None:
+        super().__init__(is_async=is_async)
+        self._client_args = dict(client_args or {})
+
+    def _get_executor(self, max_workers: int):  # the Dask client schedules; no executor
+        return None
+
+    def _client(self, catalog):
+        from distributed import Client  # noqa: PLC0415
+
+        if self._client_args:
+            return Client(**self._client_args)
+        params = catalog.load("params:compute") if "params:compute" in catalog else None
+        config = ComputeConfig.from_params(params)
+        if config.uses_dask:
+            from covid_imaging.compute import dask_client  # noqa: PLC0415
+
+            return dask_client(config)
+        import dask  # noqa: PLC0415
+
+        if dask.config.get("scheduler-address", None):
+            return Client()  # DASK_SCHEDULER_ADDRESS, Dask's own setting
+        from covid_imaging.compute import dask_client  # noqa: PLC0415
+
+        return dask_client(replace(config, scheduler_address="local"))
+
+    @staticmethod
+    def _share_memory_datasets(pipeline, catalog) -> None:
+        consumed = set(chain.from_iterable(node.inputs for node in pipeline.nodes))
+        for name in sorted(pipeline.all_outputs() & consumed):
+            if isinstance(catalog.get(name), MemoryDataset):
+                catalog[name] = _DaskDataset(name)
+
+    def _run(self, pipeline, catalog, hook_manager=None, run_id: str | None = None) -> None:
+        from distributed import as_completed  # noqa: PLC0415
+
+        client = self._client(catalog)
+        _check_workers_see_the_project(client)
+        self._share_memory_datasets(pipeline, catalog)
+        environment = {RUNS_ENV: os.environ[RUNS_ENV]} if RUNS_ENV in os.environ else {}
+        nodes = pipeline.nodes
+        load_counts = Counter(chain.from_iterable(node.inputs for node in nodes))
+        futures = {}
+        for node in nodes:  # topological order: every dependency is submitted first
+            dependencies = [futures[dependency] for dependency in pipeline.node_dependencies[node]]
+            futures[node] = client.submit(
+                _run_node_on_worker, node, catalog, self._is_async, run_id, environment, *dependencies,
+                key=f"kedro-node-{node.name}-{run_id or os.getpid()}", pure=False,
+            )
+        by_name = {node.name: node for node in nodes}
+        done = 0
+        try:
+            for _, name in as_completed(list(futures.values()), with_results=True):
+                done += 1
+                node = by_name[name]
+                self._logger.info("Completed node: %s", node.name)
+                self._logger.info("Completed %d out of %d tasks", done, len(nodes))
+                self._release_datasets(node, catalog, load_counts, pipeline)
+        except Exception:
+            for future in futures.values():
+                future.cancel()
+            raise

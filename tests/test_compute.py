@@ -1,0 +1,111 @@
+"""The per-image map: same results in the same order on every backend, bounded, strict params."""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+
+import pytest
+
+from covid_imaging.compute import (
+    ComputeConfig,
+    LazyResults,
+    close_dask_clients,
+    local_cores,
+    ordered_map,
+)
+
+
+def _square_after(delay: float, value: int) -> int:
+    time.sleep(delay * (value % 3))  # later items often finish first
+    return value * value
+
+
+def _fail_on(bad: int, value: int) -> int:
+    if value == bad:
+        raise ValueError(f"item {value} is bad")
+    return value
+
+
+def test_unknown_and_impossible_parameters_fail():
+    with pytest.raises(ValueError, match="Unknown compute parameter 'workers'"):
+        ComputeConfig.from_params({"workers": 4})
+    with pytest.raises(ValueError, match=r"Unknown compute.dask parameter 'address'"):
+        ComputeConfig.from_params({"dask": {"address": "tcp://x:8786"}})
+    with pytest.raises(ValueError, match="compute.backend must be one of"):
+        ComputeConfig.from_params({"backend": "gpu"})
+    with pytest.raises(ValueError, match="compute.chunk_size must be a positive integer"):
+        ComputeConfig.from_params({"chunk_size": 0})
+    with pytest.raises(ValueError, match="compute.dask.n_workers must be a positive integer"):
+        ComputeConfig.from_params({"dask": {"scheduler_address": "local", "n_workers": 0}})
+
+
+def test_defaults_use_every_local_core():
+    config = ComputeConfig.from_params(None)
+    assert config.backend == "threads" and not config.uses_dask
+    assert config.workers == local_cores() >= 1
+    assert ComputeConfig.from_params({"dask": {"scheduler_address": "local"}}).uses_dask
+
+
+@pytest.mark.parametrize("backend", ["serial", "threads", "processes"])
+def test_results_are_in_input_order_on_every_local_backend(backend):
+    items = list(range(37))
+    config = {"backend": backend, "n_workers": 2, "chunk_size": 4}
+    assert list(ordered_map(partial(_square_after, 0.002), items, config)) == [i * i for i in items]
+
+
+def test_an_error_is_raised_at_its_item():
+    results = ordered_map(partial(_fail_on, 5), range(10), {"n_workers": 2, "chunk_size": 2})
+    assert [next(results) for _ in range(4)] == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="item 5 is bad"):
+        list(results)
+
+
+def test_items_are_consumed_only_a_window_ahead():
+    """Memory is bounded by chunk_size x in_flight items, not by the input."""
+    taken = []
+
+    def source():
+        for i in range(1000):
+            taken.append(i)
+            yield i
+
+    results = ordered_map(partial(_square_after, 0.0), source(), {"n_workers": 2, "chunk_size": 5, "in_flight": 3})
+    assert next(results) == 0
+    assert len(taken) <= 5 * 3 + 5  # the window plus the chunk being read
+    results.close()
+
+
+def test_lazy_results_in_sorted_order_and_out_of_order():
+    items = {f"images/{i:03d}": i for i in range(40)}
+    lazy = LazyResults(partial(_square_after, 0.001), items, ComputeConfig(n_workers=2, chunk_size=3))
+    assert sorted(lazy) == sorted(items) and len(lazy) == 40
+    assert lazy["images/017"]() == 17 * 17  # out of order first: earlier results are kept
+    assert [value() for _, value in sorted(lazy.items())] == [i * i for i in range(40)]
+    assert lazy["images/003"]() == 9  # asked again after the map: computed directly
+    with pytest.raises(KeyError):
+        lazy["images/999"]
+
+
+def test_lazy_results_raise_each_error_at_its_own_key():
+    lazy = LazyResults(partial(_fail_on, 2), {"a": 1, "b": 2, "c": 3}, ComputeConfig(n_workers=2, chunk_size=1))
+    assert lazy["a"]() == 1
+    assert lazy["c"]() == 3  # computed after the failing "b", still delivered
+    with pytest.raises(ValueError, match="item 2 is bad"):
+        lazy["b"]()
+
+
+@pytest.mark.slow
+def test_dask_local_cluster_gives_the_same_results():
+    config = {"chunk_size": 4, "dask": {"scheduler_address": "local", "n_workers": 2}}
+    try:
+        assert list(ordered_map(partial(_square_after, 0.001), range(30), config)) == [i * i for i in range(30)]
+        with pytest.raises(ValueError, match="item 7 is bad"):
+            list(ordered_map(partial(_fail_on, 7), range(30), config))
+    finally:
+        close_dask_clients()
+
+
+def test_an_unreachable_scheduler_is_named():
+    with pytest.raises(ConnectionError, match="tcp://127.0.0.1:9"):
+        list(ordered_map(abs, range(3), {"dask": {"scheduler_address": "tcp://127.0.0.1:9", "connect_timeout_s": 1}}))
