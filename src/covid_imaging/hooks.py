@@ -110,8 +110,8 @@ class ModelRunTrackingHook:
     def after_context_created(self, context) -> None:
         # No --env: Kedro reads conf/base plus conf/local (machine-only settings), i.e. base.
         self._env = context.env or "base"
-        try:
-            self._dataset_name = str(context.params.get("dataset_name", "unknown"))
+        try:  # the config loader, not context.params: that would type-check every node now
+            self._dataset_name = str(context.config_loader["parameters"].get("dataset_name", "unknown"))
         except (KeyError, AttributeError, ValueError):
             self._dataset_name = "unknown"
 
