@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from covid_imaging.imaging.io import decode_image, to_gray_uint8
 from covid_imaging.imaging.preprocessing import restore_native_size
+from covid_imaging.progress import log_progress
 from covid_imaging.segmentation.augmentation import OPACITY_KINDS, paste_opacity
 from covid_imaging.segmentation.data import make_segmentation_dataset
 from covid_imaging.segmentation.metrics import dice_score, image_metrics, iou_score
@@ -118,9 +119,9 @@ def score_images(
     native = raw_files is not None and preprocessing_params is not None
     # The model's own input size: one fact, whatever the parameters say (an ensemble has none).
     image_size = int(model.input_shape[1])
-    for row, image, mask, probability_map in predict_batches(
-        model, rows, image_size, int(data_params["batch_size"]), transform
-    ):
+    sampled_groups: set[str] = set()  # sample figures show different patients
+    batches = predict_batches(model, rows, image_size, int(data_params["batch_size"]), transform)
+    for row, image, mask, probability_map in log_progress(batches, len(rows), f"scoring {model.name}"):
         postprocessed = postprocess_probability_map(probability_map, postprocessing_params)
         record = {
             "image_id": row.image_id,
@@ -142,6 +143,8 @@ def score_images(
                 "area_ratio_native_post": float(np.count_nonzero(native_mask)) / max(1, int(truth.sum())),
             }
         records.append(record)
-        if len(samples) < keep_samples:
+        group = str(getattr(row, "group_id", row.image_id))
+        if len(samples) < keep_samples and group not in sampled_groups:
+            sampled_groups.add(group)
             samples.append((image, mask, probability_map, postprocessed, float(record["dice_post"]), str(row.image_id)))
     return pd.DataFrame(records), samples

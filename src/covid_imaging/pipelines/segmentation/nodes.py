@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from covid_imaging.progress import EpochProgress
 from covid_imaging.registry import TASK_MODALITY
 from covid_imaging.segmentation._params import merge_params
 from covid_imaging.segmentation.augmentation import OPACITY_KINDS
@@ -155,7 +156,8 @@ def train_segmentation(
         model_params["builder"], model.count_params(), len(train), len(validation),
     )
     fit_params = {key: value for key, value in training_params.items() if key not in DEVICE_KEYS}
-    return train_segmentation_model(model, train_ds, validation_ds, fit_params)
+    progress = EpochProgress(str(model_params["builder"]), int(training_params.get("epochs", 1)))
+    return train_segmentation_model(model, train_ds, validation_ds, fit_params, extra_callbacks=[progress])
 
 
 def evaluate_on_test(
@@ -180,6 +182,7 @@ def evaluate_on_test(
     figure = plot_sample_predictions(
         *(np.stack(items) for items in list(zip(*samples, strict=True))[:4]),
         titles=[f"{image_id[-28:]}\nDice {dice:.3f}" for *_, dice, image_id in samples],
+        model_name=model.name,
     )
     return per_image, test_metrics_from(per_image), figure
 
@@ -248,6 +251,6 @@ def combine_models(**models: keras.Model) -> keras.Model:
     return build_ensemble(list(models.values()))
 
 
-def training_curves(history: dict[str, list[float]]) -> Figure:
-    """Loss and Dice per epoch, training vs validation."""
-    return plot_training_curves(history)
+def training_curves(history: dict[str, list[float]], model_params: dict[str, Any], training_params: dict[str, Any]) -> Figure:
+    """Loss and soft Dice per epoch, training vs validation, titled with the model and loss."""
+    return plot_training_curves(history, model_name=str(model_params["builder"]), loss=str(training_params.get("loss", "")))
