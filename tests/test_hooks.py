@@ -54,6 +54,8 @@ def test_child_runs_end_when_their_models_nodes_end(tmp_path, monkeypatch):
         assert unet.start_time + 600 <= unet.end_time <= fcn.start_time
         assert fcn.start_time + 200 <= fcn.end_time
         assert mlflow.active_run().info.status == "RUNNING"
+        node_seconds = {name: run.data.metrics["node_seconds"] for name, run in runs.items()}
+        assert node_seconds["segmentation.unet"] >= 0.6 and node_seconds["segmentation.fcn"] >= 0.2
         history = mlflow.MlflowClient().get_metric_history(runs["segmentation.unet"].info.run_id, "loss")
         assert [metric.step for metric in history] == [1, 2]  # epochs, as the plots count them
         assert all(metric.timestamp > 0 for metric in history)
