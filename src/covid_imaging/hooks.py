@@ -5,7 +5,8 @@ This hook adds a child run for each model namespace (``segmentation.unet``,
 ``classification.resnet50``, ...), so the MLflow compare view shows the models side by
 side. Logging lives here, in one place, driven by the names of node outputs:
 
-* ``<ns>.training_history`` (dict of per-epoch lists) → metric curves, step = epoch (from 1);
+* ``<ns>.training_history`` (dict of per-epoch lists) → metric curves, step = epoch (from 1;
+  ``cv_fold_*`` lists are per fold, step = the fold number from 0);
 * ``<ns>.*_metrics`` (dict of floats: test metrics, Grad-CAM lung share) → final metrics;
 * ``<ns>.model`` (Keras model) → a ``.keras`` artifact;
 * matplotlib figures → PNG artifacts under ``plots/``;
@@ -242,7 +243,9 @@ class ModelRunTrackingHook:
         if short_name == "training_history" and isinstance(value, dict):
             metrics, now = [], int(time.time() * 1000)
             for metric, values in value.items():
-                for epoch, number in enumerate(values, start=1):  # step = epoch, as the plots count
+                # step = epoch from 1, as the plots count; cross-validation lists are per fold (cv_fold 0..k-1)
+                first = 0 if metric.startswith("cv_fold_") else 1
+                for epoch, number in enumerate(values, start=first):
                     if isinstance(number, int | float) and math.isfinite(number):
                         metrics.append(mlflow.entities.Metric(metric, float(number), now, epoch))
             for start in range(0, len(metrics), 900):
