@@ -21,3 +21,43 @@ def test_nested_parameters_are_flattened_with_dots():
     flat: dict[str, str] = {}
     _flatten("", {"model": {"builder": "unet", "base_filters": 16}, "training": {"epochs": 2}}, flat)
     assert flat == {"model.builder": "unet", "model.base_filters": "16", "training.epochs": "2"}
+
+
+def test_child_runs_end_when_their_models_nodes_end(tmp_path, monkeypatch):
+    """Each model's run lasts as long as its own nodes, not as long as the whole pipeline."""
+    import time
+
+    import mlflow
+
+    from covid_imaging.hooks import ModelRunTrackingHook
+
+    monkeypatch.chdir(tmp_path)  # artifacts land beside the database, not in the checkout
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr("covid_imaging.hooks.describe_compute_device", lambda: "CPU")
+    template = pipeline([node(_identity, "a", "b", name="train"), node(_identity, "b", "training_history", name="curves")])
+    first = pipeline(template, namespace="segmentation.unet")
+    second = pipeline(template, namespace="segmentation.fcn")
+    hook = ModelRunTrackingHook()
+    with mlflow.start_run(run_name="segmentation"):
+        hook.before_pipeline_run(run_params={"pipeline_names": ["segmentation"]}, pipeline=first + second)
+        for model_pipeline, seconds in ((first, 0.6), (second, 0.2)):
+            for one in model_pipeline.nodes:
+                hook.before_node_run(one, {})
+                time.sleep(seconds / 2)
+                outputs = {name: {"loss": [0.5, 0.4]} for name in one.outputs if name.endswith("training_history")}
+                hook.after_node_run(one, outputs)
+        runs = {name: mlflow.MlflowClient().get_run(run_id) for name, run_id in hook._runs.items()}
+        # both ended while the pipeline (the parent run) was still running, each when its
+        # own last node ended: the U-Net's run is over before the FCN's first node starts
+        assert all(run.info.status == "FINISHED" for run in runs.values())
+        unet, fcn = runs["segmentation.unet"].info, runs["segmentation.fcn"].info
+        assert unet.start_time + 600 <= unet.end_time <= fcn.start_time
+        assert fcn.start_time + 200 <= fcn.end_time
+        assert mlflow.active_run().info.status == "RUNNING"
+        node_seconds = {name: run.data.metrics["node_seconds"] for name, run in runs.items()}
+        assert node_seconds["segmentation.unet"] >= 0.6 and node_seconds["segmentation.fcn"] >= 0.2
+        history = mlflow.MlflowClient().get_metric_history(runs["segmentation.unet"].info.run_id, "loss")
+        assert [metric.step for metric in history] == [1, 2]  # epochs, as the plots count them
+        assert all(metric.timestamp > 0 for metric in history)
+        hook.after_pipeline_run(run_params={"pipeline_names": ["segmentation"]}, pipeline=first + second,
+                                catalog=None)

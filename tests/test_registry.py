@@ -149,7 +149,9 @@ def test_hook_tracks_every_family_namespace_root_and_the_cross_source_runs():
 
 
 def test_catalog_patterns_cover_every_cxr_classifier_output():
-    loader = OmegaConfigLoader(conf_source=str(PROJECT_ROOT / "conf"), base_env="base", default_run_env="base")
+    from covid_imaging.settings import CONFIG_LOADER_ARGS  # the project's resolvers
+
+    loader = OmegaConfigLoader(conf_source=str(PROJECT_ROOT / "conf"), **{**CONFIG_LOADER_ARGS, "default_run_env": "base"})
     catalog = loader["catalog"]
     resolver = CatalogConfigResolver(config=catalog)
     outputs = classification_pipeline.create_pipeline().all_outputs()

@@ -5,19 +5,27 @@ This hook adds a child run for each model namespace (``segmentation.unet``,
 ``classification.resnet50``, ...), so the MLflow compare view shows the models side by
 side. Logging lives here, in one place, driven by the names of node outputs:
 
-* ``<ns>.training_history`` (dict of per-epoch lists) → metric curves, step = epoch;
+* ``<ns>.training_history`` (dict of per-epoch lists) → metric curves, step = epoch (from 1;
+  ``cv_fold_*`` lists are per fold, step = the fold number from 0);
 * ``<ns>.*_metrics`` (dict of floats: test metrics, Grad-CAM lung share) → final metrics;
 * ``<ns>.model`` (Keras model) → a ``.keras`` artifact;
 * matplotlib figures → PNG artifacts under ``plots/``;
 * DataFrames → CSV artifacts under ``tables/``;
 * ``params:<ns>.*`` inputs → run parameters (never credentials: those are not parameters).
 
+A child run starts with its namespace's first node and ends as soon as its last node
+has run. Kedro interleaves the models' nodes (all trainings, then all evaluations), so a
+run's span can include other models' nodes; the metric ``node_seconds`` is the time of
+the model's own nodes. Versioned inputs (e.g. the U-Net reused by ``classification_models``)
+are logged with the version used. The run ends with one summary block.
+
 Runners that run nodes in other processes (``ParallelRunner``, the Dask runner in
-``covid_imaging.runner``) get a fresh or forked copy of this hook per process. So the
-child runs are all created before the pipeline starts, in the driver, and their ids
+``covid_imaging.runner``) get a fresh or forked copy of this hook per process. For them
+the child runs are all created before the pipeline starts, in the driver, and their ids
 and the tracking URI are handed to the other processes in the environment variable
 ``COVID_IMAGING_MLFLOW_RUNS`` (the Dask runner sends it to its workers): every process
-logs into the same child run per namespace, and the driver closes them.
+logs into the same child run per namespace, and the driver closes them when the
+pipeline ends (so there a run spans the whole pipeline).
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import math
 import os
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +56,16 @@ logger = logging.getLogger(__name__)
 TRACKED_NAMESPACE_ROOTS = (*namespace_roots(), "segmentation_cross_source")
 MAX_PARAM_LENGTH = 6000
 RUNS_ENV = "COVID_IMAGING_MLFLOW_RUNS"  # {"tracking_uri": ..., "runs": {namespace: run id}}
+# Runners whose nodes (and hook calls) stay in the driver process; others share pre-created runs.
+IN_PROCESS_RUNNERS = ("SequentialRunner", "ThreadRunner")
+# Shown as a plain ML experiment in the MLflow 3 UI (not a GenAI one that opens on traces).
+EXPERIMENT_TAGS = {
+    "mlflow.experimentKind": "custom_model_development",
+    "mlflow.note.content": (
+        "One parent run per `kedro run`; one child run per model (run name = model namespace, "
+        "tags task/model/dataset). Filter: tags.task = 'segmentation', then Compare."
+    ),
+}
 REPORTS_TO_ANNOUNCE = ("segmentation_comparison", "segmentation_cross_source", "classification_comparison", "shortcut_audit", "rejected_files")
 
 
@@ -92,29 +111,54 @@ class ModelRunTrackingHook:
 
     def __init__(self) -> None:
         self._runs: dict[str, str] = {}
+        self._open: dict[str, str] = {}  # namespace -> run id, runs not ended yet
+        self._remaining: dict[str, set[str]] = {}  # namespace -> names of its nodes still to run
+        self._durations: dict[str, float] = {}  # namespace -> seconds of its own nodes
+        self._node_started: dict[str, float] = {}
         self._dataset_name = "unknown"
-        self._env = "local"
+        self._env = "base"
         self._client: MlflowClient | None = None
         self._client_pid: int | None = None
-        self._owner = False  # this process created the runs (and closes them)
+        self._catalog = None
+        self._versions: dict[str, tuple[str, str]] = {}  # dataset -> (loaded|saved, version)
+        self._started = 0.0
+        self._experiment = ""
 
     @hook_impl
     def after_context_created(self, context) -> None:
-        self._env = context.env or "local"
-        try:
-            self._dataset_name = str(context.config_loader["globals"].get("dataset_name", "unknown"))
+        # No --env: Kedro reads conf/base plus conf/local (machine-only settings), i.e. base.
+        self._env = context.env or "base"
+        try:  # the config loader, not context.params: that would type-check every node now
+            self._dataset_name = str(context.config_loader["parameters"].get("dataset_name", "unknown"))
         except (KeyError, AttributeError, ValueError):
             self._dataset_name = "unknown"
 
     @hook_impl
+    def after_catalog_created(self, catalog) -> None:
+        self._catalog = catalog
+
+    @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline) -> None:
-        self._runs, self._owner = {}, False
+        self._runs, self._open, self._durations, self._versions, self._node_started = {}, {}, {}, {}, {}
+        self._started = time.monotonic()
+        self._remaining = {}
+        for node in pipeline.nodes:
+            namespace = model_namespace(node)
+            if namespace:
+                self._remaining.setdefault(namespace, set()).add(node.name)
+        parent = mlflow.active_run()
+        if parent is not None:  # kedro-mlflow opened it; same tags as the children
+            client = MlflowClient()
+            self._experiment = client.get_experiment(parent.info.experiment_id).name
+            for key, value in EXPERIMENT_TAGS.items():
+                client.set_experiment_tag(parent.info.experiment_id, key, value)
+            mlflow.set_tags({"dataset": self._dataset_name, "kedro_env": self._env, "git_commit": git_commit()})
         os.environ.pop(RUNS_ENV, None)
-        if mlflow.active_run() is None:  # tracking disabled for this pipeline
-            return
-        for namespace in sorted({model_namespace(node) for node in pipeline.nodes} - {None}):
-            self._child_run(namespace)
-        os.environ[RUNS_ENV] = json.dumps({"tracking_uri": mlflow.get_tracking_uri(), "runs": self._runs})
+        runner = str(run_params.get("runner") or "SequentialRunner")
+        if parent is not None and not any(name in runner for name in IN_PROCESS_RUNNERS):
+            for namespace in sorted(self._remaining):
+                self._child_run(namespace)
+            os.environ[RUNS_ENV] = json.dumps({"tracking_uri": mlflow.get_tracking_uri(), "runs": self._runs})
 
     def _mlflow_client(self, tracking_uri: str | None = None) -> MlflowClient:
         if self._client is None or self._client_pid != os.getpid():  # a forked copy: own connections
@@ -126,7 +170,7 @@ class ModelRunTrackingHook:
         if namespace in self._runs:
             self._mlflow_client()
             return self._runs[namespace]
-        shared = json.loads(os.environ.get(RUNS_ENV) or "{}")  # another process created the runs
+        shared = json.loads(os.environ.get(RUNS_ENV) or "{}")  # the driver created the runs
         if namespace in shared.get("runs", {}):
             self._mlflow_client(shared.get("tracking_uri"))
             self._runs[namespace] = shared["runs"][namespace]
@@ -134,23 +178,22 @@ class ModelRunTrackingHook:
         parent = mlflow.active_run()
         if parent is None:  # tracking disabled for this pipeline
             return None
-        client = self._mlflow_client()
-        run = client.create_run(
-            experiment_id=parent.info.experiment_id,
-            run_name=namespace,
-            tags={
-                "mlflow.parentRunId": parent.info.run_id,
-                "model": namespace.split(".")[-1],
-                "task": namespace.split(".")[0],
-                "device": describe_compute_device(),
-                "dataset": self._dataset_name,
-                "kedro_env": self._env,
-                "git_commit": git_commit(),
-            },
-        )
-        self._runs[namespace] = run.info.run_id
-        self._owner = True  # created here: closed here
-        logger.info("MLflow run '%s' (%s) started for model %s", namespace, run.info.run_id, namespace)
+        if namespace not in self._runs:
+            run = self._mlflow_client().create_run(
+                experiment_id=parent.info.experiment_id,
+                run_name=namespace,
+                tags={
+                    "mlflow.parentRunId": parent.info.run_id,
+                    "model": namespace.split(".")[-1],
+                    "task": namespace.split(".")[0],
+                    "device": describe_compute_device(),
+                    "dataset": self._dataset_name,
+                    "kedro_env": self._env,
+                    "git_commit": git_commit(),
+                },
+            )
+            self._runs[namespace] = self._open[namespace] = run.info.run_id
+            logger.info("MLflow run '%s' (%s) started", namespace, run.info.run_id)
         return self._runs[namespace]
 
     def _tracked(self, node: Node) -> tuple[str, str] | None:
@@ -159,12 +202,46 @@ class ModelRunTrackingHook:
         run_id = self._child_run(namespace) if namespace else None
         return (namespace, run_id) if run_id else None
 
+    def _dataset_version(self, name: str, saved: bool) -> str | None:
+        """The version a versioned catalog entry loaded or saved in this run, else None."""
+        try:
+            dataset = self._catalog.get(name) if self._catalog is not None else None
+        except Exception:  # noqa: BLE001 - a pattern that does not resolve is simply unversioned
+            return None
+        if dataset is None or not hasattr(dataset, "resolve_load_version"):
+            return None
+        try:
+            return dataset.resolve_save_version() if saved else dataset.resolve_load_version()
+        except Exception:  # noqa: BLE001 - no version (yet): nothing to report
+            return None
+
+    @hook_impl
+    def after_dataset_loaded(self, dataset_name: str, node: Node) -> None:
+        version = self._dataset_version(dataset_name, saved=False)
+        if version is None or self._versions.get(dataset_name, ("", ""))[0] == "saved":
+            return  # a model saved earlier in this run: already reported as saved
+        self._versions[dataset_name] = ("loaded", version)
+        logger.info("Using %s version %s", dataset_name, version)
+        tracked = self._tracked(node)
+        tag = {f"input_version.{dataset_name}": version}
+        if tracked is not None:
+            self._client.set_tag(tracked[1], *next(iter(tag.items())))
+        elif mlflow.active_run() is not None:
+            mlflow.set_tags(tag)
+
+    @hook_impl
+    def after_dataset_saved(self, dataset_name: str, node: Node) -> None:
+        version = self._dataset_version(dataset_name, saved=True)
+        if version is not None:
+            self._versions[dataset_name] = ("saved", version)
+
     @hook_impl
     def before_node_run(self, node: Node, inputs: dict[str, Any]) -> None:
         tracked = self._tracked(node)
         if tracked is None:
             return
         namespace, run_id = tracked
+        self._node_started[node.name] = time.monotonic()
         params: dict[str, str] = {}
         for name, value in inputs.items():
             if name.startswith(f"params:{namespace}."):
@@ -181,24 +258,35 @@ class ModelRunTrackingHook:
         tracked = self._tracked(node)
         if tracked is None:
             return
+        namespace, run_id = tracked
+        started = self._node_started.pop(node.name, None)
+        if started is not None:
+            self._durations[namespace] = self._durations.get(namespace, 0.0) + time.monotonic() - started
         for name, value in outputs.items():
-            self._log_output(tracked[1], name.rsplit(".", 1)[-1], value)
+            self._log_output(run_id, name.rsplit(".", 1)[-1], value)
+        remaining = self._remaining.get(namespace, set())
+        remaining.discard(node.name)
+        if not remaining and namespace in self._open:  # the model's last node: end its run now
+            self._end_run(namespace, RunStatus.to_string(RunStatus.FINISHED))
 
     def _log_output(self, run_id: str, short_name: str, value: Any) -> None:
         from matplotlib.figure import Figure  # noqa: PLC0415
 
         client = self._client
         if short_name == "training_history" and isinstance(value, dict):
-            metrics = []
+            metrics, now = [], int(time.time() * 1000)
             for metric, values in value.items():
-                for epoch, number in enumerate(values):
+                # step = epoch from 1, as the plots count; cross-validation lists are per fold (cv_fold 0..k-1)
+                first = 0 if metric.startswith("cv_fold_") else 1
+                for epoch, number in enumerate(values, start=first):
                     if isinstance(number, int | float) and math.isfinite(number):
-                        metrics.append(mlflow.entities.Metric(metric, float(number), 0, epoch))
+                        metrics.append(mlflow.entities.Metric(metric, float(number), now, epoch))
             for start in range(0, len(metrics), 900):
                 client.log_batch(run_id, metrics=metrics[start : start + 900])
         elif short_name.endswith("_metrics") and isinstance(value, dict):
+            now = int(time.time() * 1000)
             metrics = [
-                mlflow.entities.Metric(key, float(number), 0, 0)
+                mlflow.entities.Metric(key, float(number), now, 0)
                 for key, number in value.items()
                 if isinstance(number, int | float) and math.isfinite(number)
             ]
@@ -219,31 +307,51 @@ class ModelRunTrackingHook:
                 value.save(path)
                 client.log_artifact(run_id, str(path), "model")
 
-    def _close_runs(self, status: str) -> None:
-        if not self._owner:  # another process's runs: the driver closes them
-            self._runs = {}
-            return
+    def _end_run(self, namespace: str, status: str) -> None:
+        run_id = self._open.pop(namespace)
         client = self._mlflow_client()
-        for namespace, run_id in self._runs.items():
-            client.set_terminated(run_id, status)
-            logger.info("MLflow run '%s' (%s) finished: %s", namespace, run_id, status)
-        self._runs, self._owner = {}, False
+        if namespace in self._durations:  # timed here (not when the nodes ran in other processes)
+            seconds = self._durations[namespace]
+            client.log_metric(run_id, "node_seconds", seconds, int(time.time() * 1000), 0)
+            logger.info("MLflow run '%s' (%s) %s; its nodes took %s", namespace, run_id, status.lower(),
+                        format_duration(seconds))
+        else:
+            logger.info("MLflow run '%s' (%s) %s", namespace, run_id, status.lower())
+        client.set_terminated(run_id, status)
+
+    def _close_runs(self, status: str) -> None:
+        for namespace in list(self._open):  # only the process that created a run ends it
+            self._end_run(namespace, status)
         os.environ.pop(RUNS_ENV, None)
 
     @hook_impl
-    def after_pipeline_run(self, pipeline, catalog) -> None:
+    def after_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        self._close_runs(RunStatus.to_string(RunStatus.FINISHED))
+        lines = [
+            f"pipeline {'+'.join(run_params.get('pipeline_names') or ['__default__'])} on data set "
+            f"'{self._dataset_name}' (env {self._env}) finished in {format_duration(time.monotonic() - self._started)}",
+        ]
         for name in REPORTS_TO_ANNOUNCE:
             if name in pipeline.all_outputs():
-                filepath = catalog.get(name)._describe().get("filepath")
-                logger.info("%s written to %s", name, filepath)
+                lines.append(f"{name}: {catalog.get(name)._describe().get('filepath')}")
+        for name, (how, version) in sorted(self._versions.items()):
+            lines.append(f"{how} {name} version {version}")
+        for namespace, seconds in self._durations.items():
+            lines.append(f"{namespace}: its nodes took {format_duration(seconds)} (MLflow run {self._runs[namespace]})")
         if self._runs:
-            self._close_runs(RunStatus.to_string(RunStatus.FINISHED))
-            logger.info(
-                "MLflow runs recorded in %s; open the UI with: mlflow ui --backend-store-uri sqlite:///mlflow.db",
-                mlflow.get_tracking_uri(),
+            lines.append(
+                f"MLflow experiment '{self._experiment}' in {mlflow.get_tracking_uri()}: "
+                "mlflow ui --backend-store-uri sqlite:///mlflow.db"
             )
+        logger.info("Run summary\n  %s", "\n  ".join(lines))
 
     @hook_impl
     def on_pipeline_error(self) -> None:
-        if self._runs:
+        if self._open:
             self._close_runs(RunStatus.to_string(RunStatus.FAILED))
+
+
+def format_duration(seconds: float) -> str:
+    """``75.2`` → ``1 min 15 s``."""
+    minutes, rest = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{rest} s"

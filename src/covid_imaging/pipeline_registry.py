@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from covid_imaging.pipelines import (
+from covid_imaging.quiet import import_tensorflow_quietly
+
+import_tensorflow_quietly()  # before the pipelines import Keras: no CUDA probing on CPU runs
+
+from covid_imaging.pipelines import (  # noqa: E402
     classification,
     ct_classification,
     demo_data,

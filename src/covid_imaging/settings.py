@@ -2,12 +2,24 @@
 
 from kedro.config import OmegaConfigLoader  # noqa: F401
 
+from covid_imaging.dataset_names import (
+    DEMO_RESOLVER,
+    RESOLVER,
+    demo_data_enabled,
+    resolve_dataset_name,
+)
+from covid_imaging.quiet import install_warning_filters
+
+install_warning_filters()  # third-party start-up warnings, each named in covid_imaging/quiet.py
+
 # Parameters from an environment (e.g. conf/shared_data) are deep-merged into base, so an
 # environment only states what differs; catalog entries are replaced whole.
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
     "merge_strategy": {"parameters": "soft", "globals": "soft"},
+    # ${dataset_name:...}: the one rule naming the data set that namespaces the outputs
+    "custom_resolvers": {RESOLVER: resolve_dataset_name, DEMO_RESOLVER: demo_data_enabled},
 }
 
 from covid_imaging.hooks import ModelRunTrackingHook  # noqa: E402

@@ -122,7 +122,7 @@ def test_kedro_run_segmentation_env_azure(
             "-m",
             "kedro",
             "run",
-            "--pipeline=segmentation",
+            "--pipelines=segmentation",
             "--env=azure",
             "--params",
             ",".join(TINY),
@@ -147,7 +147,7 @@ def test_kedro_run_segmentation_env_azure(
     )
     expected, _ = build_manifest(local.load(), params)
     AtomicCSVDataset(filepath=str(tmp_path / "expected.csv")).save(expected)
-    manifest = AtomicCSVDataset(filepath=str(project / "data/02_intermediate/manifest.csv")).load()
+    manifest = AtomicCSVDataset(filepath=str(project / f"data/02_intermediate/azure_{container}/manifest.csv")).load()
     pd.testing.assert_frame_equal(
         manifest, AtomicCSVDataset(filepath=str(tmp_path / "expected.csv")).load()
     )
@@ -155,7 +155,7 @@ def test_kedro_run_segmentation_env_azure(
         len(manifest) >= 30
         and manifest["image_uri"].str.startswith(f"abfs://{container}/{prefix}/").all()
     )
-    comparison = pd.read_csv(project / "data/08_reporting/segmentation_comparison.csv")
+    comparison = pd.read_csv(project / f"data/08_reporting/azure_{container}/segmentation_comparison.csv")
     assert set(comparison["model"]) == {*MODELS, ENSEMBLE}
     assert list((project / "data/.blob_cache").rglob("index.json"))
 

@@ -46,3 +46,13 @@ def test_undefined_or_missing_metrics():
         shortcut_audit_summary(REAL, {"accuracy": 0.5}, 3)
     with pytest.raises(ValueError):
         shortcut_audit_summary(REAL, REAL, 1)
+
+
+def test_audit_is_not_meaningful_when_the_real_model_is_at_chance():
+    """The demo's lung-masked model at chance: no 'No shortcut detected' reassurance."""
+    at_chance = {"accuracy": 0.34, "balanced_accuracy": 0.33}
+    summary = shortcut_audit_summary(at_chance, {"accuracy": 0.35, "balanced_accuracy": 0.34}, n_classes=3)
+    assert summary["meaningful"] is False and summary["real_above_chance"] is False
+    assert "not meaningful" in summary["verdict"] and "No shortcut detected" not in summary["verdict"]
+    # a lung-less model well above chance still warns, whatever the real model does
+    assert "Shortcut warning" in shortcut_audit_summary(at_chance, {"accuracy": 0.8, "balanced_accuracy": 0.8}, 3)["verdict"]

@@ -200,9 +200,10 @@ def test_the_image_folders_of_the_catalog_are_swapped(tmp_path):
     from kedro.config import OmegaConfigLoader
     from kedro.io import DataCatalog
 
+    from covid_imaging.settings import CONFIG_LOADER_ARGS  # the project's resolvers
     from tests.conftest import PROJECT_ROOT
 
-    config = OmegaConfigLoader(str(PROJECT_ROOT / "conf"), base_env="base", default_run_env="local")["catalog"]
+    config = OmegaConfigLoader(str(PROJECT_ROOT / "conf"), **CONFIG_LOADER_ARGS)["catalog"]
     catalog = DataCatalog.from_config(config)
     for name in ("preprocessed_images", "lung_masked_images", "segmentation_cross_source.robust.preprocessed_images"):
         dataset = catalog.get(name)

@@ -32,8 +32,9 @@ KILLS_WHILE_SAVING_IMAGES = 2  # uniformly over the save of the preprocessed fol
 TINY_DEMO = {
     "demo_data": {"generator": {"n_per_class": 6, "n_ct_per_class": 4, "cxr_size": 96, "ct_size": 96}},
 }
-PREPROCESSED = "data/04_feature/preprocessed"
-TABLES = ("data/02_intermediate/manifest.csv", "data/03_primary/split_table.csv", "data/05_model_input/model_input_table.csv")
+PREPROCESSED = "data/04_feature/synthetic_demo/preprocessed"
+TABLES = tuple(f"data/{stage}/synthetic_demo/{name}.csv" for stage, name in (
+    ("02_intermediate", "manifest"), ("03_primary", "split_table"), ("05_model_input", "model_input_table")))
 PATH_COLUMNS = ("image_uri", "mask_uri", "image_path", "mask_path")
 
 SERVER = r"""

@@ -12,11 +12,11 @@ from tests.conftest import run_kedro
 pytestmark = pytest.mark.slow
 
 
-def _check_outputs(project):
-    manifest = pd.read_csv(project / "data/02_intermediate/manifest.csv", keep_default_na=False)
-    splits = pd.read_csv(project / "data/03_primary/split_table.csv", keep_default_na=False)
-    table = pd.read_csv(project / "data/05_model_input/model_input_table.csv", keep_default_na=False)
-    assert (project / "data/08_reporting/rejected_files.csv").exists()
+def _check_outputs(project, dataset="synthetic_demo"):
+    manifest = pd.read_csv(project / f"data/02_intermediate/{dataset}/manifest.csv", keep_default_na=False)
+    splits = pd.read_csv(project / f"data/03_primary/{dataset}/split_table.csv", keep_default_na=False)
+    table = pd.read_csv(project / f"data/05_model_input/{dataset}/model_input_table.csv", keep_default_na=False)
+    assert (project / f"data/08_reporting/{dataset}/rejected_files.csv").exists()
     assert set(splits["image_id"]) == set(manifest["image_id"]) == set(table["image_id"])
     assert (splits.groupby("group_id")["split"].nunique() == 1).all()
     assert all((project / path).exists() for path in table["image_path"])
@@ -47,9 +47,9 @@ def test_slice_of_shared_data(kedro_project, shared_data, tmp_path):
     rows.to_csv(raw / "manifest.csv", index=False)
 
     run_kedro(kedro_project, "data_preparation", env="shared_data", params={"raw_images_path": str(raw)})
-    manifest, _ = _check_outputs(kedro_project)
+    manifest, _ = _check_outputs(kedro_project, dataset="raw")  # named after the folder
     assert len(manifest) == len(rows) - 1
-    rejected = pd.read_csv(kedro_project / "data/08_reporting/rejected_files.csv")
+    rejected = pd.read_csv(kedro_project / "data/08_reporting/raw/rejected_files.csv")
     assert rejected["file"].tolist() == [f"{raw}/{broken}"]
     ieee = manifest[manifest["source"].str.startswith("ieee8023")]
     assert ieee["group_id"].str.contains(":patient").all()

@@ -43,6 +43,9 @@ def shortcut_audit_summary(
     lungless_accuracy = _metric(lungless_metrics, "accuracy", "lung-less")
     lungless_balanced = _metric(lungless_metrics, "balanced_accuracy", "lung-less")
     above_chance = lungless_balanced > chance + chance_margin
+    # "No shortcut" only means something when the real model has learned: if it is at
+    # chance itself, a lung-less model at chance shows nothing about shortcuts.
+    real_learned = real_balanced > chance + chance_margin
 
     if above_chance:
         verdict = (
@@ -56,6 +59,14 @@ def shortcut_audit_summary(
     elif math.isnan(lungless_balanced):
         verdict = (
             "Shortcut audit inconclusive: the lung-less model's balanced accuracy is undefined."
+        )
+    elif not real_learned:
+        verdict = (
+            f"Shortcut audit not meaningful: the real model itself is at chance "
+            f"({_percent(real_balanced)} balanced accuracy, chance level {_percent(chance)}, "
+            f"margin {_percent(chance_margin)}), so a lung-less model at "
+            f"{_percent(lungless_balanced)} says nothing about shortcuts. Train the real model "
+            "until it beats chance (more data or epochs), then audit again."
         )
     else:
         verdict = (
@@ -72,5 +83,7 @@ def shortcut_audit_summary(
         "chance_level": chance,
         "chance_margin": float(chance_margin),
         "lungless_above_chance": bool(above_chance),
+        "real_above_chance": bool(real_learned),
+        "meaningful": bool(above_chance or real_learned),
         "verdict": verdict,
     }

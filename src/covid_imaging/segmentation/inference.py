@@ -20,6 +20,7 @@ import tensorflow as tf
 from covid_imaging.compute import ComputeConfig, ordered_map
 from covid_imaging.imaging.io import decode_image, to_gray_uint8
 from covid_imaging.imaging.preprocessing import restore_native_size
+from covid_imaging.progress import log_progress
 from covid_imaging.segmentation.augmentation import OPACITY_KINDS, paste_opacity
 from covid_imaging.segmentation.data import make_segmentation_dataset
 from covid_imaging.segmentation.metrics import dice_score, image_metrics, iou_score
@@ -154,26 +155,30 @@ def score_images(
     native = raw_files is not None and preprocessing_params is not None
     # The model's own input size: one fact, whatever the parameters say (an ensemble has none).
     image_size = int(model.input_shape[1])
-    kept: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    kept: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # sample figures: one per patient
+    sampled_groups: set[str] = set()
 
     def predicted():
-        for row, image, mask, probability_map in predict_batches(
-            model, rows, image_size, int(data_params["batch_size"]), transform
+        batches = predict_batches(model, rows, image_size, int(data_params["batch_size"]), transform)
+        for index, (row, image, mask, probability_map) in enumerate(
+            log_progress(batches, len(rows), f"scoring {model.name}")
         ):
             fields = {
                 "image_id": row.image_id, "source": row.source,
                 "mask_convention": getattr(row, "mask_convention", "unspecified"),
                 "height": getattr(row, "height", 0), "width": getattr(row, "width", 0),
             }
-            if len(kept) < keep_samples:
-                kept.append((image, mask, probability_map))
+            group = str(getattr(row, "group_id", row.image_id))
+            if len(sampled_groups) < keep_samples and group not in sampled_groups:
+                sampled_groups.add(group)
+                kept[index] = (image, mask, probability_map)
             yield fields, mask, probability_map, raw_files[row.mask_key] if native else None
 
     score = partial(_score_one, postprocessing_params=postprocessing_params,
                     preprocessing_params=preprocessing_params if native else None)
     for index, (record, postprocessed) in enumerate(ordered_map(score, predicted(), compute)):
         records.append(record)
-        if index < keep_samples:
-            image, mask, probability_map = kept[index]
+        if index in kept:
+            image, mask, probability_map = kept.pop(index)
             samples.append((image, mask, probability_map, postprocessed, float(record["dice_post"]), str(record["image_id"])))
     return pd.DataFrame(records), samples

@@ -39,7 +39,7 @@ for _model in CLASSIFICATION_MODELS:
 
 def test_classification_pipeline_on_tiny_demo_set(kedro_project):
     run_kedro(kedro_project, "classification", params=TINY)
-    reports = kedro_project / "data/08_reporting"
+    reports = kedro_project / "data/08_reporting/synthetic_demo"
 
     masking = pd.read_csv(reports / "lung_masking_report.csv", keep_default_na=False)
     assert {"image_id", "lung_area_fraction", "excluded", "reason"} <= set(masking.columns)

@@ -281,10 +281,10 @@ def test_catalog_resolves_every_ct_dataset():
     from kedro.config import OmegaConfigLoader
     from kedro.io import DataCatalog
 
+    from covid_imaging.settings import CONFIG_LOADER_ARGS  # the project's resolvers
     from tests.conftest import PROJECT_ROOT
 
-    loader = OmegaConfigLoader(str(PROJECT_ROOT / "conf"), base_env="base", default_run_env="local",
-                               merge_strategy={"parameters": "soft", "globals": "soft"})
+    loader = OmegaConfigLoader(str(PROJECT_ROOT / "conf"), **CONFIG_LOADER_ARGS)
     catalog = DataCatalog.from_config(loader["catalog"])
     expected = {
         "model": "TensorFlowModelDataset", "metrics_report": "AtomicCSVDataset", "test_metrics": "JSONDataset",
@@ -294,7 +294,7 @@ def test_catalog_resolves_every_ct_dataset():
     for output, kind in expected.items():
         assert type(catalog[f"ct_classification.basic_cnn.{output}"]).__name__ == kind
     assert "ct_classification_comparison.csv" in str(catalog["ct_classification_comparison"]._describe()["filepath"])
-    assert "06_models/ct_classification/vgg16.keras" in str(catalog["ct_classification.vgg16.model"]._describe()["filepath"])
+    assert "06_models/synthetic_demo/ct_classification/vgg16.keras" in str(catalog["ct_classification.vgg16.model"]._describe()["filepath"])
 
 
 def test_grad_cam_with_and_without_lung_masks(tmp_path):

@@ -64,7 +64,7 @@ def three_model_pipelines(monkeypatch):
 
 def test_ct_classification_pipeline_on_tiny_demo_set(kedro_project, three_model_pipelines):
     run_kedro(kedro_project, "ct_classification", params=TINY)
-    reports = kedro_project / "data/08_reporting"
+    reports = kedro_project / "data/08_reporting/synthetic_demo"
 
     comparison = pd.read_csv(reports / "ct_classification_comparison.csv")
     assert list(comparison["model"]) == list(RUN_MODELS)
@@ -74,7 +74,7 @@ def test_ct_classification_pipeline_on_tiny_demo_set(kedro_project, three_model_
     assert {"test_balanced_accuracy", "test_balanced_accuracy_ci_low", "test_roc_auc", "test_covid_f1",
             "n_test", "gradcam_maps_all_zero"} <= set(comparison.columns)
 
-    inputs = pd.read_csv(kedro_project / "data/05_model_input/ct_classification_inputs.csv")
+    inputs = pd.read_csv(kedro_project / "data/05_model_input/synthetic_demo/ct_classification_inputs.csv")
     assert set(inputs["modality"]) == {"ct"} and set(inputs["label"]) == {"covid", "non_covid"}
     assert (inputs.groupby("group_id")["split"].nunique() == 1).all()
 
@@ -103,6 +103,6 @@ def test_random_slice_protocol_runs_the_same_models(kedro_project, three_model_p
     for model in CT_CLASSIFICATION_MODELS:
         params[f"ct_classification.{model}.evaluation.n_bootstrap"] = 5
     run_kedro(kedro_project, "ct_classification", params=params)
-    comparison = pd.read_csv(kedro_project / "data/08_reporting/ct_classification_comparison.csv")
+    comparison = pd.read_csv(kedro_project / "data/08_reporting/synthetic_demo/ct_classification_comparison.csv")
     assert list(comparison["model"]) == list(RUN_MODELS)
     assert (comparison["split_protocol"] == "random_slices").all()

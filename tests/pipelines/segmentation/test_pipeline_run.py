@@ -31,7 +31,7 @@ for _model in SEGMENTATION_MODELS:
 
 def test_segmentation_pipeline_on_tiny_demo_set(kedro_project):
     run_kedro(kedro_project, "segmentation", params=TINY)
-    reports = kedro_project / "data/08_reporting"
+    reports = kedro_project / "data/08_reporting/synthetic_demo"
 
     comparison = pd.read_csv(reports / "segmentation_comparison.csv")
     assert set(comparison["model"]) == {*SEGMENTATION_MODELS, ENSEMBLE}
@@ -53,7 +53,7 @@ def test_segmentation_pipeline_on_tiny_demo_set(kedro_project):
             assert (folder / "training_curves.png").stat().st_size > 0
         assert (folder / "sample_predictions.png").stat().st_size > 0
         assert json.loads((folder / "test_metrics.json").read_text())["test_dice_post"] >= 0
-        assert list((kedro_project / "data/06_models/segmentation" / f"{model}.keras").glob("*/*.keras"))
+        assert list((kedro_project / "data/06_models/synthetic_demo/segmentation" / f"{model}.keras").glob("*/*.keras"))
 
     mlflow.set_tracking_uri(f"sqlite:///{kedro_project / 'mlflow.db'}")
     client = mlflow.MlflowClient()
@@ -72,7 +72,7 @@ def test_segmentation_pipeline_on_tiny_demo_set(kedro_project):
             continue  # trained nothing itself: no curves, parameters or history
         assert run.data.params["training.epochs"] == "2"
         history = client.get_metric_history(run.info.run_id, "val_loss")
-        assert [metric.step for metric in history] == [0, 1], name  # one point per epoch
+        assert [metric.step for metric in history] == [1, 2], name  # one point per epoch, from 1
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"model", "plots", "tables"} <= artifacts
         assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/model.keras"]

@@ -66,7 +66,7 @@ def test_cross_source_pipeline_on_a_slice_of_shared_data(kedro_project, shared_d
         }
     run_kedro(kedro_project, "segmentation_cross_source", env="shared_data", params=params)
 
-    reports = kedro_project / "data/08_reporting"
+    reports = kedro_project / "data/08_reporting/raw"  # named after the raw folder
     table = pd.read_csv(reports / "segmentation_cross_source.csv")
     assert set(table["variant"]) == set(CROSS_SOURCE_VARIANTS)
     assert set(table["held_out_source"]) == {"shenzhen", "ieee8023_v7"}
@@ -78,7 +78,7 @@ def test_cross_source_pipeline_on_a_slice_of_shared_data(kedro_project, shared_d
     images = pd.read_csv(reports / "segmentation_cross_source_images.csv")
     assert len(images) == len(CROSS_SOURCE_VARIANTS) * 24
     # the reference chain was really preprocessed differently from the robust recipe
-    feature = kedro_project / "data/04_feature/cross_source_shared_data"
+    feature = kedro_project / "data/04_feature/raw/cross_source"
     some_image = sorted((feature / "robust" / "images").rglob("*.png"))[0].relative_to(feature / "robust")
     assert (feature / "robust" / some_image).read_bytes() != (feature / "reference_chain" / some_image).read_bytes()
 

@@ -523,7 +523,7 @@ def audit_shortcuts(
         {"accuracy": lungless_metrics["test_accuracy"], "balanced_accuracy": lungless_metrics["test_balanced_accuracy"]},
         n_classes=n_classes, chance_margin=float(params["chance_margin"]),
     )
-    level = logging.WARNING if summary.get("lungless_above_chance") else logging.INFO
+    level = logging.WARNING if summary.get("lungless_above_chance") or not summary.get("meaningful", True) else logging.INFO
     logger.log(level, "Shortcut audit: %s", summary["verdict"])
     return summary
 

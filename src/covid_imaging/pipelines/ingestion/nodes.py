@@ -50,6 +50,7 @@ from covid_imaging.pipelines.ingestion.layouts import (
     read_paired_folder_layout,
     read_radiography_db_layout,
 )
+from covid_imaging.registry import TASK_MODALITY
 from covid_imaging.segmentation._params import merge_params
 
 logger = logging.getLogger(__name__)
@@ -92,13 +93,18 @@ DEFAULT_INGESTION_PARAMS: dict[str, Any] = {
     "mask_aspect_tolerance": 0.02,
     "strict": False,
     "n_workers": 4,
-    "task": "segmentation",
+    "task": None,  # None: inferred from the layout (LAYOUT_TASKS)
     "source": "unknown",
     "label": "unlabelled",
     "max_pixels": DEFAULT_MAX_PIXELS,
     "max_aspect_ratio": 5.0,
     "warnings_as_errors": [],
 }
+# The manifest task of a layout's images when ``ingestion.task`` is not given: image/mask
+# pairs train segmentation, class folders train classifiers, the COVID-19 Radiography
+# Database layout has both (``cxr``, as the demo set); a manifest's ``task`` column wins.
+LAYOUT_TASKS = {"radiography_db": "cxr", "paired_folders": "segmentation", "class_folders": "classification",
+                "manifest_csv": "cxr", "multi": "cxr"}
 PART_KEYS = frozenset({"prefix", "layout", "task", "source", "label", "manifest_file", "parts"})
 
 
@@ -118,6 +124,8 @@ def resolve_ingestion_params(params: Mapping[str, Any] | None) -> dict[str, Any]
     _validate_parts(resolved["parts"], "ingestion.parts")
     if resolved["layout"] not in LAYOUT_NAMES:
         raise IngestionError(f"ingestion.layout must be one of {', '.join(LAYOUT_NAMES)}; got {resolved['layout']!r}")
+    if resolved["task"] is not None and resolved["task"] not in TASK_MODALITY:
+        raise IngestionError(f"ingestion.task must be one of {sorted(TASK_MODALITY)} (or left out); got {resolved['task']!r}")
     for key in ("max_pixels", "n_workers"):
         if not isinstance(resolved[key], int | float) or resolved[key] < 1:
             raise IngestionError(f"ingestion.{key} must be a positive number; got {resolved[key]!r}")
@@ -360,7 +368,8 @@ def _checked_in_order(candidates: list[dict[str, Any]], raw_files: RawFiles, par
 
 def _listing(raw_files: RawFiles, params: dict[str, Any]) -> Listing:
     """Apply the configured layout reader to the raw file listing."""
-    layout, task, source = params["layout"], params["task"], params["source"]
+    layout, source = params["layout"], params["source"]
+    task = params["task"] or LAYOUT_TASKS.get(layout, "cxr")
     keys = list(raw_files)
     if layout == "radiography_db":
         return read_radiography_db_layout(keys, task, source)
@@ -433,9 +442,14 @@ def _patient_ids(raw_files: RawFiles, params: dict[str, Any]) -> dict[str, str]:
     """Image key → patient id from an optional metadata CSV among the raw files."""
     metadata = params["patient_metadata"]
     metadata_file = metadata.get("file")
-    if not metadata_file or metadata_file not in raw_files:
+    if not metadata_file:
         return {}
     where = f"{params['raw_location'].rstrip('/')}/{metadata_file}"
+    if metadata_file not in raw_files:  # a configured file that is not there would silently change the groups
+        raise IngestionError(
+            f"{where}: not found (ingestion.patient_metadata.file); fix the path, or set "
+            "ingestion.patient_metadata: {} to group images by file name"
+        )
     try:
         table = pd.read_csv(io.BytesIO(raw_files[metadata_file]()), dtype=str, keep_default_na=False)
     except Exception as error:  # an unreadable metadata file names itself and stops the run

@@ -11,6 +11,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from covid_imaging.compute import ComputeConfig
+from covid_imaging.progress import EpochProgress
+from covid_imaging.registry import TASK_MODALITY
 from covid_imaging.segmentation._params import merge_params
 from covid_imaging.segmentation.augmentation import OPACITY_KINDS
 from covid_imaging.segmentation.data import make_segmentation_dataset
@@ -36,12 +38,39 @@ STRESS_TEST_DEFAULTS: dict[str, Any] = {"kinds": list(OPACITY_KINDS), "strength"
 
 
 SEGMENTATION_DATA_DEFAULTS: dict[str, Any] = {
-    "tasks": ["cxr"],
+    "tasks": None,  # null: every chest X-ray task (registry.TASK_MODALITY)
     "sources": None,  # null: every source with masks; or a list (e.g. only NLM-convention sources)
     # Which lung outline each source's masks draw: NLM masks stop at the heart border,
     # V7 masks include the lung behind the heart. Metrics are reported per convention.
     "mask_conventions": {},
+    # Fewer images with masks in a split: the run stops (too few to learn from or to measure).
+    "min_images": {"train": 8, "validation": 2, "test": 2},
+    # Fewer: a warning (a model trained or scored on so few images is not worth comparing).
+    "recommended_images": {"train": 100, "validation": 20, "test": 20},
 }
+
+
+class TooFewImagesError(ValueError):
+    """A split holds fewer segmentation images than ``segmentation_data.min_images``."""
+
+
+def check_split_sizes(counts: dict[str, int], minimum: dict[str, int], recommended: dict[str, int],
+                      what: str = "segmentation images") -> None:
+    """Refuse splits below ``minimum``, warn below ``recommended`` (both per split)."""
+    short = {split: counts.get(split, 0) for split in SPLITS if counts.get(split, 0) < int(minimum[split])}
+    if short:
+        raise TooFewImagesError(
+            f"Too few {what} to train and evaluate: {dict(counts)} per split, below the minimum "
+            f"{dict(minimum)} in {sorted(short)} (segmentation_data.min_images). Add images, or lower "
+            "splits.test_fraction / validation_fraction or the minimum if you really mean to."
+        )
+    low = {split: counts.get(split, 0) for split in SPLITS if counts.get(split, 0) < int(recommended[split])}
+    if low:
+        logger.warning(
+            "Only %s %s per split (recommended at least %s, segmentation_data.recommended_images): "
+            "the models will train, but their metrics are not reliable at this size.",
+            dict(counts), what, dict(recommended),
+        )
 
 
 def select_segmentation_images(model_input_table: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
@@ -56,7 +85,8 @@ def select_segmentation_images(model_input_table: pd.DataFrame, params: dict[str
         SEGMENTATION_DATA_DEFAULTS, {k: v for k, v in params.items() if k != "mask_conventions"},
         where="segmentation_data",
     )
-    tasks, sources = settings["tasks"], settings["sources"]
+    tasks = settings["tasks"] or sorted(task for task, modality in TASK_MODALITY.items() if modality == "cxr")
+    sources = settings["sources"]
     keep = model_input_table["task"].isin(tasks) & (model_input_table["mask_path"].fillna("") != "")
     if sources is not None:
         keep &= model_input_table["source"].isin(sources)
@@ -68,6 +98,8 @@ def select_segmentation_images(model_input_table: pd.DataFrame, params: dict[str
             f"{missing}; check segmentation_data and the manifest ({len(model_input_table)} rows)."
         )
     table["mask_convention"] = [conventions.get(source, "unspecified") for source in table["source"]]
+    counts = {split: int((table["split"] == split).sum()) for split in SPLITS}
+    check_split_sizes(counts, settings["min_images"], settings["recommended_images"])
     logger.info(
         "Segmentation images per split: %s; per source: %s",
         table["split"].value_counts().to_dict(), table["source"].value_counts().to_dict(),
@@ -122,7 +154,8 @@ def train_segmentation(
             "Training %s (%d parameters) on %d images, validating on %d",
             model_params["builder"], model.count_params(), len(train), len(validation),
         )
-        return train_segmentation_model(model, train_ds, validation_ds, training_params)
+        progress = EpochProgress(str(model_params["builder"]), int(training_params.get("epochs", 1)))
+        return train_segmentation_model(model, train_ds, validation_ds, training_params, extra_callbacks=[progress])
 
 
 def evaluate_on_test(
@@ -148,6 +181,7 @@ def evaluate_on_test(
     figure = plot_sample_predictions(
         *(np.stack(items) for items in list(zip(*samples, strict=True))[:4]),
         titles=[f"{image_id[-28:]}\nDice {dice:.3f}" for *_, dice, image_id in samples],
+        model_name=model.name,
     )
     return per_image, test_metrics_from(per_image), figure
 
@@ -219,6 +253,6 @@ def combine_models(**models: keras.Model) -> keras.Model:
     return build_ensemble(list(models.values()))
 
 
-def training_curves(history: dict[str, list[float]]) -> Figure:
-    """Loss and Dice per epoch, training vs validation."""
-    return plot_training_curves(history)
+def training_curves(history: dict[str, list[float]], model_params: dict[str, Any], training_params: dict[str, Any]) -> Figure:
+    """Loss and soft Dice per epoch, training vs validation, titled with the model and loss."""
+    return plot_training_curves(history, model_name=str(model_params["builder"]), loss=str(training_params.get("loss", "")))

@@ -38,7 +38,10 @@ def model_template() -> Pipeline:
                 ["model", "training_history"],
                 name="train",
             ),
-            node(training_curves, "training_history", "training_curves", name="plot_training_curves"),
+            node(
+                training_curves, ["training_history", "params:model", "params:training"], "training_curves",
+                name="plot_training_curves",
+            ),
             *evaluation_nodes(),
         ]
     )
