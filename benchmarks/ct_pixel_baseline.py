@@ -64,7 +64,7 @@ def evaluate(table: pd.DataFrame, size: int, seed: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model-input-table", default="data/05_model_input/model_input_table.csv")
+    parser.add_argument("--model-input-table", default="data/05_model_input/shared_data/model_input_table.csv")
     parser.add_argument("--size", type=int, default=32, help="pixels per side (the basic CNN's input)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

@@ -69,7 +69,7 @@ def _images(folder):
 
 
 def _model_outputs(project) -> dict[str, pd.DataFrame]:
-    reports = project / "data/08_reporting"
+    reports = project / "data/08_reporting/synthetic_demo"
     tables = {"comparison": pd.read_csv(reports / "segmentation_comparison.csv")}
     for model in (*SEGMENTATION_MODELS, ENSEMBLE):
         for name in ("per_image_metrics", "stress_test"):
@@ -102,14 +102,14 @@ def prepared(kedro_project):
 
 
 def test_preprocessing_on_a_local_cluster_writes_the_same_images(prepared):
-    folder = prepared / "data/04_feature/preprocessed"
+    folder = prepared / "data/04_feature/synthetic_demo/preprocessed"
     in_process = _images(folder)
-    table = (prepared / "data/05_model_input/model_input_table.csv").read_bytes()
+    table = (prepared / "data/05_model_input/synthetic_demo/model_input_table.csv").read_bytes()
     assert len(in_process) > 20
     shutil.rmtree(folder)
     _run(prepared, "preprocessing", params=LOCAL_CLUSTER)
     assert _images(folder) == in_process
-    assert (prepared / "data/05_model_input/model_input_table.csv").read_bytes() == table
+    assert (prepared / "data/05_model_input/synthetic_demo/model_input_table.csv").read_bytes() == table
 
 
 NAMESPACES = {f"segmentation.{model}" for model in (*SEGMENTATION_MODELS, ENSEMBLE)}
@@ -165,4 +165,4 @@ def test_a_memory_dataset_that_cannot_travel_is_named():
 
 def test_data_preparation_runs_with_the_processes_backend(kedro_project):
     run_kedro(kedro_project, "data_preparation", params={**TINY, "compute.backend": "processes", "compute.n_workers": 2})
-    assert (kedro_project / "data/05_model_input/model_input_table.csv").exists()
+    assert (kedro_project / "data/05_model_input/synthetic_demo/model_input_table.csv").exists()

@@ -34,7 +34,7 @@ def tiny_classifier(n_classes: int, size: int = SIZE) -> keras.Model:
 
 def save_version(project: Path, root: str, name: str, version: str, model: keras.Model) -> Path:
     """Save ``model`` where the catalog's versioned entry ``<root>.<name>.model`` would."""
-    path = project / "data/06_models" / root / f"{name}.keras" / version / f"{name}.keras"
+    path = project / "data/06_models/synthetic_demo" / root / f"{name}.keras" / version / f"{name}.keras"
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)
     return path

@@ -29,7 +29,7 @@ def test_logged_model_predicts_a_dataframe_of_paths(inference_project, tmp_path)
     versions = {"segmentation.unet": OLD_VERSION}
     run_kedro(inference_project, "inference_model", params={**TINY_PARAMS, "inference.versions": versions})
     _close_session_runs()
-    logged = json.loads((inference_project / "data/06_models/inference_mlflow_model.json").read_text())
+    logged = json.loads((inference_project / "data/06_models/synthetic_demo/inference_mlflow_model.json").read_text())
     assert logged["models"] == {**versions, "classification.simple_cnn_scratch": NEW_VERSION}
 
     source, output = tmp_path / "new", tmp_path / "out"
