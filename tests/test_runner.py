@@ -113,7 +113,7 @@ def test_preprocessing_on_a_local_cluster_writes_the_same_images(prepared):
 
 
 NAMESPACES = {f"segmentation.{model}" for model in (*SEGMENTATION_MODELS, ENSEMBLE)}
-DASK_RUN = ("--pipeline=segmentation_models", "--runner=covid_imaging.runner.DaskRunner",
+DASK_RUN = ("--pipelines=segmentation_models", "--runner=covid_imaging.runner.DaskRunner",
             "--params=compute.dask.scheduler_address=local,compute.dask.n_workers=2")
 
 
@@ -127,7 +127,7 @@ def _assert_one_finished_child_run_per_model(project) -> None:
 def test_model_pipelines_under_parallel_runner_match_the_in_process_run(prepared):
     _run(prepared, "segmentation_models")
     in_process = _model_outputs(prepared)
-    _run_cli(prepared, "--pipeline=segmentation_models", "--runner=ParallelRunner", "--runner-params=max_workers=2")
+    _run_cli(prepared, "--pipelines=segmentation_models", "--runner=ParallelRunner", "--runner-params=max_workers=2")
     _assert_same(in_process, _model_outputs(prepared))
     _assert_one_finished_child_run_per_model(prepared)
 

@@ -1,4 +1,4 @@
-"""`kedro run --pipeline=inference --env=azure --params=inference.source=<prefix>` on Azurite."""
+"""`kedro run --pipelines=inference --env=azure --params=inference.source=<prefix>` on Azurite."""
 
 from __future__ import annotations
 
@@ -24,8 +24,10 @@ def test_inference_on_a_container_prefix(tmp_path: Path, connection_string: str,
     project = tmp_path / "project"
     project.mkdir()
     _copy_project(project)
-    save_version(project, "segmentation", "unet", OLD_VERSION, threshold_model(bright_is_lung=True))
     container = yaml.safe_load((ROOT / "conf/azure/globals.yml").read_text())["azure_container"]
+    # the models of the azure environment's data set (dataset_name in conf/azure/globals.yml)
+    save_version(project, "segmentation", "unet", OLD_VERSION, threshold_model(bright_is_lung=True),
+                 dataset=f"azure_{container}")
     folder = tmp_path / "new"
     sizes = write_images(folder)
     blob_credentials.service_client().create_container(container)
@@ -33,7 +35,7 @@ def test_inference_on_a_container_prefix(tmp_path: Path, connection_string: str,
 
     output = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "-m", "kedro", "run", "--pipeline=inference", "--env=azure", "--params",
+        [sys.executable, "-m", "kedro", "run", "--pipelines=inference", "--env=azure", "--params",
          f"inference.source=hospital/2026,inference.output={output},inference.classifiers=[],"
          "preprocessing.resize.size=64"],
         cwd=project, env={**os.environ, "AZURE_STORAGE_CONNECTION_STRING": connection_string},

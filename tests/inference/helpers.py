@@ -32,9 +32,12 @@ def tiny_classifier(n_classes: int, size: int = SIZE) -> keras.Model:
     return build_classifier("simple_cnn", n_classes=n_classes, input_size=size, filters=(4, 8), dense_units=8)
 
 
-def save_version(project: Path, root: str, name: str, version: str, model: keras.Model) -> Path:
-    """Save ``model`` where the catalog's versioned entry ``<root>.<name>.model`` would."""
-    path = project / "data/06_models/synthetic_demo" / root / f"{name}.keras" / version / f"{name}.keras"
+def save_version(
+    project: Path, root: str, name: str, version: str, model: keras.Model, dataset: str = "synthetic_demo"
+) -> Path:
+    """Save ``model`` where the catalog's versioned entry ``<root>.<name>.model`` would for
+    the data set ``dataset`` (the base environment's demo set by default)."""
+    path = project / "data/06_models" / dataset / root / f"{name}.keras" / version / f"{name}.keras"
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)
     return path
