@@ -154,11 +154,15 @@ class ModelRunTrackingHook:
                 client.set_experiment_tag(parent.info.experiment_id, key, value)
             mlflow.set_tags({"dataset": self._dataset_name, "kedro_env": self._env, "git_commit": git_commit()})
         os.environ.pop(RUNS_ENV, None)
-        runner = str(run_params.get("runner") or "SequentialRunner")
-        if parent is not None and not any(name in runner for name in IN_PROCESS_RUNNERS):
+        # Kedro records the runner before defaulting it: "None" is its SequentialRunner.
+        runner = str(run_params.get("runner") or "None")
+        in_process = runner == "None" or any(name in runner for name in IN_PROCESS_RUNNERS)
+        if parent is not None and not in_process:
             for namespace in sorted(self._remaining):
                 self._child_run(namespace)
-            os.environ[RUNS_ENV] = json.dumps({"tracking_uri": mlflow.get_tracking_uri(), "runs": self._runs})
+            os.environ[RUNS_ENV] = json.dumps(
+                {"tracking_uri": mlflow.get_tracking_uri(), "runs": self._runs, "driver_pid": os.getpid()}
+            )
 
     def _mlflow_client(self, tracking_uri: str | None = None) -> MlflowClient:
         if self._client is None or self._client_pid != os.getpid():  # a forked copy: own connections
@@ -171,7 +175,8 @@ class ModelRunTrackingHook:
             self._mlflow_client()
             return self._runs[namespace]
         shared = json.loads(os.environ.get(RUNS_ENV) or "{}")  # the driver created the runs
-        if namespace in shared.get("runs", {}):
+        # only in the driver's worker processes (never the driver itself, or a later run in it)
+        if shared.get("driver_pid") != os.getpid() and namespace in shared.get("runs", {}):
             self._mlflow_client(shared.get("tracking_uri"))
             self._runs[namespace] = shared["runs"][namespace]
             return self._runs[namespace]
