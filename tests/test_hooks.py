@@ -33,6 +33,7 @@ def test_child_runs_end_when_their_models_nodes_end(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)  # artifacts land beside the database, not in the checkout
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("hook_test")  # not the active experiment id of an earlier test's database
     monkeypatch.setattr("covid_imaging.hooks.describe_compute_device", lambda: "CPU")
     template = pipeline([node(_identity, "a", "b", name="train"), node(_identity, "b", "training_history", name="curves")])
     first = pipeline(template, namespace="segmentation.unet")
@@ -61,3 +62,26 @@ def test_child_runs_end_when_their_models_nodes_end(tmp_path, monkeypatch):
         assert all(metric.timestamp > 0 for metric in history)
         hook.after_pipeline_run(run_params={"pipeline_names": ["segmentation"]}, pipeline=first + second,
                                 catalog=None)
+
+
+def test_one_hook_instance_follows_each_runs_tracking_uri(tmp_path, monkeypatch):
+    """Settings keep one hook per process: a second project's runs land in its own database."""
+    import mlflow
+
+    from covid_imaging.hooks import ModelRunTrackingHook
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("covid_imaging.hooks.describe_compute_device", lambda: "CPU")
+    model = pipeline(pipeline([node(_identity, "a", "b", name="train")]), namespace="segmentation.unet")
+    hook = ModelRunTrackingHook()  # the same instance for both runs, as settings.HOOKS holds it
+    for project in ("first", "second"):
+        (tmp_path / project).mkdir()
+        mlflow.set_tracking_uri(f"sqlite:///{tmp_path / project / 'mlflow.db'}")
+        mlflow.set_experiment(project)
+        with mlflow.start_run(run_name="segmentation"):
+            hook.before_pipeline_run(run_params={"pipeline_names": ["segmentation"], "runner": None}, pipeline=model)
+            for one in model.nodes:
+                hook.before_node_run(one, {})
+                hook.after_node_run(one, {})
+        names = {run.info.run_name for run in mlflow.search_runs(search_all_experiments=True, output_format="list")}
+        assert names == {"segmentation", "segmentation.unet"}, project

@@ -140,6 +140,9 @@ class ModelRunTrackingHook:
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline) -> None:
         self._runs, self._open, self._durations, self._versions, self._node_started = {}, {}, {}, {}, {}
+        # Settings hold one hook for the process: a client from an earlier run (another
+        # project's tracking URI, e.g. a previous session in the same process) must not be reused.
+        self._client, self._client_pid = None, None
         self._started = time.monotonic()
         self._remaining = {}
         for node in pipeline.nodes:
@@ -166,7 +169,7 @@ class ModelRunTrackingHook:
 
     def _mlflow_client(self, tracking_uri: str | None = None) -> MlflowClient:
         if self._client is None or self._client_pid != os.getpid():  # a forked copy: own connections
-            self._client = MlflowClient(tracking_uri=tracking_uri)
+            self._client = MlflowClient(tracking_uri=tracking_uri or mlflow.get_tracking_uri())
             self._client_pid = os.getpid()
         return self._client
 
