@@ -36,6 +36,7 @@ from functools import partial
 from itertools import islice
 from typing import Any, TypeVar
 
+from covid_imaging.progress import log_progress
 from covid_imaging.segmentation._params import merge_params
 
 logger = logging.getLogger(__name__)
@@ -278,8 +279,9 @@ class LazyResults(Mapping[str, Callable[[], R]]):
     window. Values called out of order are computed directly (correct, not parallel).
     """
 
-    def __init__(self, function: Callable[[T], R], items: Mapping[str, T], config: ComputeConfig) -> None:
-        self._function, self._items, self._config = function, dict(items), config
+    def __init__(self, function: Callable[[T], R], items: Mapping[str, T], config: ComputeConfig,
+                 what: str | None = None) -> None:
+        self._function, self._items, self._config, self._what = function, dict(items), config, what
         self._results: Iterator[tuple[str, R]] | None = None
         self._ready: dict[str, R] = {}
         self._lock = threading.Lock()
@@ -302,6 +304,8 @@ class LazyResults(Mapping[str, Callable[[], R]]):
             if self._results is None:
                 keys = sorted(self._items)
                 values = ordered_map(partial(_captured, self._function), (self._items[k] for k in keys), self._config)
+                if self._what:  # a log line with an ETA at each tenth of the outputs
+                    values = log_progress(values, len(keys), self._what)
                 self._results = zip(keys, values, strict=True)
             for produced, outcome in self._results:
                 if produced == key:
@@ -310,7 +314,7 @@ class LazyResults(Mapping[str, Callable[[], R]]):
         return self._function(self._items[key])  # asked again, or after the map ended
 
     def __reduce__(self):  # crossing processes: send the work, not the running map
-        return (LazyResults, (self._function, self._items, self._config))
+        return (LazyResults, (self._function, self._items, self._config, self._what))
 
 
 class _LazyValue:

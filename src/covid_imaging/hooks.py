@@ -47,6 +47,7 @@ from kedro.pipeline import Node
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
+from covid_imaging.progress import format_duration
 from covid_imaging.registry import namespace_roots
 
 logger = logging.getLogger(__name__)
@@ -358,8 +359,3 @@ class ModelRunTrackingHook:
         if self._open:
             self._close_runs(RunStatus.to_string(RunStatus.FAILED))
 
-
-def format_duration(seconds: float) -> str:
-    """``75.2`` → ``1 min 15 s``."""
-    minutes, rest = divmod(int(round(seconds)), 60)
-    return f"{minutes} min {rest} s" if minutes else f"{rest} s"

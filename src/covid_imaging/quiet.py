@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import warnings
+
+import click
 
 # (message regex, category, why it is hidden)
 WARNING_FILTERS: tuple[tuple[str, type[Warning], str], ...] = (
@@ -22,10 +25,40 @@ WARNING_FILTERS: tuple[tuple[str, type[Warning], str], ...] = (
 )
 
 
+def _hidden(message: Warning | str, category: type[Warning]) -> bool:
+    return any(issubclass(category, hidden) and re.match(pattern, str(message), re.IGNORECASE)
+               for pattern, hidden, _why in WARNING_FILTERS)
+
+
 def install_warning_filters() -> None:
-    """Hide the warnings of ``WARNING_FILTERS`` (idempotent)."""
+    """Hide the warnings of ``WARNING_FILTERS`` (idempotent).
+
+    Besides the filters, ``warnings.showwarning`` (Python's documented hook) drops them:
+    MLflow emits its type-hint warning inside ``catch_warnings`` with its own
+    ``simplefilter("once")``, which takes precedence over every filter installed before.
+    """
     for message, category, _why in WARNING_FILTERS:
         warnings.filterwarnings("ignore", message=message, category=category)
+    shown = warnings.showwarning
+    if getattr(shown, "covid_imaging_quiet", False):
+        return
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if not _hidden(message, category):
+            shown(message, category, filename, lineno, file, line)
+
+    showwarning.covid_imaging_quiet = True
+    warnings.showwarning = showwarning
+
+
+# No commands (and no help text, which Kedro's --help would print): Kedro's CLI loads this
+# group as a global plugin (``kedro.global_commands``), so importing this module installs
+# the filters before project plugins load (kedro-mlflow imports mlflow then, before this
+# project's settings.py runs).
+kedro_cli_start_up = click.Group(name="covid_imaging_start_up")
+
+
+install_warning_filters()  # importing this module (the entry point above, or settings.py) is enough
 
 
 def cpu_only() -> bool:

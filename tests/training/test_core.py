@@ -192,3 +192,15 @@ def test_recomputed_batchnorm_statistics_are_those_of_the_current_network():
     assert bn.momentum == pytest.approx(0.99)  # the layer's own momentum is back
     for a, b in zip(before, model.get_layer("classifier").get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_every_training_logs_one_line_per_epoch_with_its_model_name_and_an_eta(caplog):
+    """Classification and segmentation share the core: both get the epoch/ETA lines."""
+    train, val = _conflicting()
+    model = _tiny_classifier()
+    model.name = "tiny_classifier"
+    with caplog.at_level("INFO", logger="covid_imaging.training.core"):
+        train_classifier(model, train, val, {**FAST, "epochs": 3, "early_stopping": {"enabled": False}})
+    lines = [record.getMessage() for record in caplog.records if ": epoch " in record.getMessage()]
+    assert [line.split(" (")[0] for line in lines] == [f"tiny_classifier: epoch {k}/3" for k in (1, 2, 3)]
+    assert "val_loss" in lines[0] and "ETA" in lines[0] and lines[-1].endswith("ETA done")

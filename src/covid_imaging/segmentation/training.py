@@ -70,6 +70,7 @@ def train_segmentation_model(
     val_ds: tf.data.Dataset,
     training_params: Mapping[str, Any] | None = None,
     extra_callbacks: Iterable[keras.callbacks.Callback] = (),
+    name: str | None = None,
 ) -> tuple[keras.Model, dict[str, list[float]]]:
     """Compile and fit ``model``; return it with the best-``val_loss`` weights and its history.
 
@@ -84,7 +85,7 @@ def train_segmentation_model(
         model, train_ds, val_ds, params,
         loss=get_segmentation_loss(params["loss"]),
         metrics=[dice_coefficient, iou_coefficient],
-        extra_callbacks=extra_callbacks,
+        extra_callbacks=extra_callbacks, name=name,
     )
 
 

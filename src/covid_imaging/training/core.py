@@ -35,6 +35,8 @@ loss, metrics and task-specific defaults::
 from __future__ import annotations
 
 import contextlib
+import logging
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -43,7 +45,10 @@ import numpy as np
 import tensorflow as tf
 
 from covid_imaging.params import merge_params
+from covid_imaging.progress import format_duration
 from covid_imaging.training.batchnorm import PreciseBatchNorm, set_batchnorm_momentum
+
+logger = logging.getLogger(__name__)
 
 History = dict[str, list[float]]
 
@@ -196,6 +201,28 @@ class LinearWarmup(keras.callbacks.Callback):
             self.model.optimizer.learning_rate = self._target
 
 
+class EpochProgress(keras.callbacks.Callback):
+    """Logs ``<name>: epoch 3/20 (loss ..., val_loss ...), ... elapsed, ETA ...`` after every epoch
+    (early stopping may end sooner)."""
+
+    SHOWN = ("loss", "val_loss", "dice_coefficient", "val_dice_coefficient", "val_balanced_accuracy")
+
+    def __init__(self, name: str, epochs: int, initial_epoch: int = 0) -> None:
+        super().__init__()
+        self.name, self.epochs, self.initial_epoch = name, int(epochs), int(initial_epoch)
+        self._started = 0.0
+
+    def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+        self._started = time.monotonic()
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        done, elapsed = epoch + 1, time.monotonic() - self._started
+        metrics = ", ".join(f"{key} {float(value):.4f}" for key, value in (logs or {}).items() if key in self.SHOWN)
+        eta = elapsed / max(1, done - self.initial_epoch) * (self.epochs - done)
+        logger.info("%s: epoch %d/%d (%s), %s elapsed, ETA %s", self.name, done, self.epochs, metrics,
+                    format_duration(elapsed), format_duration(eta) if done < self.epochs else "done")
+
+
 def _current_learning_rate(model: keras.Model) -> float:
     return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
 
@@ -332,6 +359,7 @@ def fit_model(
     extra_callbacks: Iterable[keras.callbacks.Callback] = (),
     initial_epoch: int = 0,
     compile: bool = True,  # noqa: A002 - keras' own word
+    name: str | None = None,
 ) -> tuple[keras.Model, History]:
     """Compile (so trainability changes take effect) and fit ``model`` with the core callbacks.
 
@@ -353,6 +381,8 @@ def fit_model(
         extra_callbacks = [PreciseBatchNorm(train_ds, int(params["batchnorm_recompute_batches"])), *extra_callbacks]
     learning_rates = LearningRateRecorder()
     best_weights = BestWeightsKeeper(monitor)
+    # one log line per epoch with an ETA, named after the model (``name`` or the Keras model's)
+    extra_callbacks = [*extra_callbacks, EpochProgress(name or model.name, int(params["epochs"]), int(initial_epoch))]
     fit_history = model.fit(
         train_ds,
         validation_data=val_ds,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from collections.abc import Callable
@@ -101,10 +102,8 @@ class ModalityGuarded:
         if argument not in signature.parameters:
             raise TypeError(f"{func.__name__} has no argument {argument!r} to guard")
         self.func, self.modality, self.argument = func, modality, argument
-        self.__name__ = func.__name__
-        self.__qualname__ = func.__qualname__
-        self.__module__ = func.__module__
-        self.__doc__ = func.__doc__
+        # name, doc, annotations and __wrapped__: Kedro's type extractor reads the hints through it
+        functools.update_wrapper(self, func)
         self.__signature__ = signature
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -207,7 +206,7 @@ def mask_lungs(
             outputs[f"{variant}/{image_id}"] = partial(_masked_variant, load, mask_png, variant, params)
     report = pd.DataFrame(rows, columns=["image_id", "lung_area_fraction", "excluded", "reason"])
     logger.info("Lung masking: %d images, %d excluded (lung area too small)", len(report), int(report["excluded"].sum()))
-    return LazyResults(_call, outputs, config), report
+    return LazyResults(_call, outputs, config, what="lung masking (masks and masked variants)"), report
 
 
 def build_classification_inputs(

@@ -50,6 +50,7 @@ from covid_imaging.pipelines.ingestion.layouts import (
     read_paired_folder_layout,
     read_radiography_db_layout,
 )
+from covid_imaging.progress import log_progress
 from covid_imaging.registry import TASK_MODALITY
 from covid_imaging.segmentation._params import merge_params
 
@@ -360,7 +361,8 @@ def _checked_in_order(candidates: list[dict[str, Any]], raw_files: RawFiles, par
         (candidate, {key: raw_files[key] for key in (candidate["image_key"], candidate["mask_key"]) if key in raw_files})
         for candidate in candidates
     )
-    yield from ordered_map(partial(_check_task, params=params), tasks, config)
+    yield from log_progress(ordered_map(partial(_check_task, params=params), tasks, config), len(candidates),
+                            "checking files")
 
 
 # ----------------------------------------------------------------------------- listing

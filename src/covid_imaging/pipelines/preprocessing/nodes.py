@@ -66,7 +66,7 @@ def preprocess_images(
         tasks[f"images/{row.image_id}"] = partial(_preprocess_image_file, raw_files[row.image_key], config, budget)
         if row.mask_key:
             tasks[f"masks/{row.image_id}"] = partial(_preprocess_mask_file, raw_files[row.mask_key], config, budget)
-    return LazyResults(_call, tasks, ComputeConfig.from_params(compute))
+    return LazyResults(_call, tasks, ComputeConfig.from_params(compute), what="preprocessing (images and masks)")
 
 
 def build_model_input_table(

@@ -11,7 +11,6 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from covid_imaging.compute import ComputeConfig
-from covid_imaging.progress import EpochProgress
 from covid_imaging.registry import TASK_MODALITY
 from covid_imaging.segmentation._params import merge_params
 from covid_imaging.segmentation.augmentation import OPACITY_KINDS
@@ -154,8 +153,8 @@ def train_segmentation(
             "Training %s (%d parameters) on %d images, validating on %d",
             model_params["builder"], model.count_params(), len(train), len(validation),
         )
-        progress = EpochProgress(str(model_params["builder"]), int(training_params.get("epochs", 1)))
-        return train_segmentation_model(model, train_ds, validation_ds, training_params, extra_callbacks=[progress])
+        return train_segmentation_model(model, train_ds, validation_ds, training_params,
+                                        name=str(model_params["builder"]))
 
 
 def evaluate_on_test(
