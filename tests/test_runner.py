@@ -139,9 +139,6 @@ def test_model_pipelines_run_on_a_local_cluster_with_the_dask_runner(prepared):
     _assert_one_finished_child_run_per_model(prepared)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Observed 2026-12-01: the Dask runner's metrics differ from the in-process run (first comparison row: mDice "
-    "0.571 vs 0.358; 1 epoch, 32 px); cause not established (suspected: other numerics in Dask worker processes)."))
 def test_model_pipelines_on_the_dask_runner_match_the_in_process_run(prepared):
     _run(prepared, "segmentation_models")
     in_process = _model_outputs(prepared)

@@ -204,3 +204,39 @@ def test_every_training_logs_one_line_per_epoch_with_its_model_name_and_an_eta(c
     lines = [record.getMessage() for record in caplog.records if ": epoch " in record.getMessage()]
     assert [line.split(" (")[0] for line in lines] == [f"tiny_classifier: epoch {k}/3" for k in (1, 2, 3)]
     assert "val_loss" in lines[0] and "ETA" in lines[0] and lines[-1].endswith("ETA done")
+
+
+def _seeded_weights(seed: int) -> list[np.ndarray]:
+    seed_everything(seed)
+    inputs = keras.Input((8,))
+    x = inputs
+    for units in (16, 16, 16, 16):  # each layer draws its initializer's seed from Keras' seed source
+        x = keras.layers.Dropout(0.1)(keras.layers.Dense(units)(x))
+    model = keras.Model(inputs, keras.layers.Dense(2)(x))
+    return model.get_weights()
+
+
+def test_same_seed_same_weights_while_other_threads_draw_from_python_random():
+    """A Dask worker's own threads use Python's global random while a node builds its model."""
+    import random
+    import threading
+
+    expected = _seeded_weights(7)
+    stop = threading.Event()
+
+    def draw_forever():
+        while not stop.is_set():
+            random.random()
+
+    noise = threading.Thread(target=draw_forever, daemon=True)
+    noise.start()
+    try:
+        results: list[list[np.ndarray]] = []
+        builder = threading.Thread(target=lambda: results.extend(_seeded_weights(7) for _ in range(3)))
+        builder.start()
+        builder.join()
+    finally:
+        stop.set()
+        noise.join()
+    for weights in results:
+        assert all(np.array_equal(a, b) for a, b in zip(expected, weights, strict=True))

@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -43,6 +45,7 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+from keras.src.random import seed_generator as keras_seed_generator
 
 from covid_imaging.params import merge_params
 from covid_imaging.progress import format_duration
@@ -275,10 +278,38 @@ def build_callbacks(params: Mapping[str, Any], monitor: str) -> list[keras.callb
 # ------------------------------------------------------------ seeds and devices
 
 
+class _ThreadSeededRandom:
+    """What Keras draws its default layer and initializer seeds from (``randint``).
+
+    Keras takes them from Python's global ``random``, which every thread shares: in a
+    Dask worker (or under Kedro's ThreadRunner) other threads draw from it while a model
+    is built, so the same seed gave other weights and other training. The thread that
+    called :func:`seed_everything` draws from its own seeded generator instead; other
+    threads keep the global one. No Keras API exists for this, hence the module attribute.
+    """
+
+    _local = threading.local()
+
+    def seed(self, seed: int) -> None:
+        self._local.generator = random.Random(int(seed))
+
+    def randint(self, low: int, high: int) -> int:
+        return getattr(self._local, "generator", random).randint(low, high)
+
+    def __getattr__(self, name: str) -> Any:  # anything else Keras may use: the global module
+        return getattr(random, name)
+
+
+_KERAS_SEEDS = _ThreadSeededRandom()
+keras_seed_generator.python_random = _KERAS_SEEDS
+
+
 def seed_everything(seed: int, deterministic: bool = True) -> None:
-    """Seed Python's ``random``, NumPy and TensorFlow/Keras; with ``deterministic``, also
-    make TensorFlow ops deterministic where it can (same seed, same run, on one machine)."""
+    """Seed Python's ``random``, NumPy and TensorFlow/Keras, and this thread's draws of
+    Keras' layer seeds; with ``deterministic``, also make TensorFlow ops deterministic
+    where it can (same seed, same run, on one machine, whatever other threads do)."""
     keras.utils.set_random_seed(int(seed))
+    _KERAS_SEEDS.seed(int(seed))
     if deterministic:
         tf.config.experimental.enable_op_determinism()
 
