@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from kedro.io.core import DatasetError
 
@@ -82,6 +83,15 @@ def test_a_failed_save_keeps_the_previous_folder(tmp_path, swap_mode):
     with pytest.raises(DatasetError, match="decoder crashed"):
         _dataset(folder).save({"images/a": b"new-a", "images/b": broken})
     assert _tree(folder) == {"images/a.png": b"old-a", "images/b.png": b"old-b"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_partition_that_is_not_bytes_fails_with_its_file_and_keeps_the_previous_folder(tmp_path):
+    folder = tmp_path / "out"
+    _dataset(folder).save({"images/a": b"old-a"})
+    with pytest.raises(DatasetError, match=r"images/b\.png: BytesDataset saves bytes, got ndarray"):
+        _dataset(folder).save({"images/a": b"new-a", "images/b": np.zeros(3)})
+    assert _tree(folder) == {"images/a.png": b"old-a"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 

@@ -45,9 +45,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from copy import deepcopy
 from typing import Any
 
+from kedro.io.core import DatasetError
 from kedro_datasets.partitions import PartitionedDataset
 
 from covid_imaging.datasets.atomic import _HOST_TAG, _STALE_AFTER_S, _process_alive
+from covid_imaging.datasets.bytes_dataset import BytesDataset
 
 logger = logging.getLogger(__name__)
 
@@ -156,13 +158,26 @@ def recover_folder(target: str) -> list[str]:
     return touched
 
 
+def _write_durably(path: str, data: Any) -> None:
+    """Write bytes into the staging folder and fsync them (durable before the swap)."""
+    if not isinstance(data, bytes | bytearray):
+        raise DatasetError(f"{path}: BytesDataset saves bytes, got {type(data).__name__}")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 class SwappedPartitionedDataset(PartitionedDataset):
     """``partitions.PartitionedDataset`` that replaces a local folder by writing aside and swapping.
 
     Same arguments as ``PartitionedDataset``, plus ``save_workers``: partitions are
     written (each fsynced) by that many threads, in sorted order, at most
     ``2 x save_workers`` at a time; one fsync per file costs milliseconds, so one
-    writing thread would cap every backend of :mod:`covid_imaging.compute`.
+    writing thread would cap every backend of :mod:`covid_imaging.compute`. Inside the
+    staging folder ``BytesDataset`` partitions are written directly (no temp file and
+    rename each: the folder swap is what makes the save atomic).
     With ``overwrite: true`` and a local path,
     saving writes all partitions to a hidden sibling folder and swaps it in only when
     every partition is written, so a run killed at any moment leaves the previous
@@ -220,15 +235,21 @@ class SwappedPartitionedDataset(PartitionedDataset):
         real_root = self._local_root
         folders = {staging}
 
+        plain_bytes = isinstance(self._dataset_type, type) and issubclass(self._dataset_type, BytesDataset)
+
         def write(partition_id: str, partition_data: Any) -> None:
             real_path = self._partition_to_path(partition_id)  # validates the id stays inside the folder
             path = staging + real_path[len(real_root):]
-            kwargs = deepcopy(self._dataset_config)
-            kwargs[self._filepath_arg] = path
-            dataset = self._dataset_type(**kwargs)  # type: ignore[operator]
             if callable(partition_data) and self._save_lazily:
                 partition_data = partition_data()  # computed when written: memory bounded by the window
-            dataset.save(partition_data)
+            if plain_bytes:
+                # The hidden staging folder is the atomic unit: no temp name and rename per
+                # file (on ext4, fsync + rename costs ~1.5 ms of CPU per file, 5x a plain fsync).
+                _write_durably(path, partition_data)
+            else:
+                kwargs = deepcopy(self._dataset_config)
+                kwargs[self._filepath_arg] = path
+                self._dataset_type(**kwargs).save(partition_data)  # type: ignore[operator]
             folders.add(os.path.dirname(path))
 
         with ThreadPoolExecutor(max_workers=self._save_workers, thread_name_prefix="save") as pool:
