@@ -49,6 +49,13 @@ def _describe_os_error(error: OSError, path: str) -> str:
     return f"unreadable ({error.strerror or type(error).__name__})"
 
 
+def require_bytes(path: object, data: object) -> bytes:
+    """``data`` as bytes, or a DatasetError naming the file (what every BytesDataset write checks)."""
+    if not isinstance(data, bytes | bytearray):
+        raise DatasetError(f"{path}: BytesDataset saves bytes, got {type(data).__name__}")
+    return bytes(data)
+
+
 class BytesDataset(AbstractDataset[bytes, bytes]):
     """Loads a file as ``bytes``; saves ``bytes`` atomically (temp name, then rename)."""
 
@@ -84,10 +91,8 @@ class BytesDataset(AbstractDataset[bytes, bytes]):
         return data
 
     def save(self, data: bytes) -> None:
-        if not isinstance(data, bytes | bytearray):
-            raise DatasetError(f"{self._filepath}: BytesDataset saves bytes, got {type(data).__name__}")
         path = get_filepath_str(self._filepath, self._protocol)
-        atomic_write_bytes(self._fs, path, bytes(data))
+        atomic_write_bytes(self._fs, path, require_bytes(self._filepath, data))
 
     def _exists(self) -> bool:
         return self._fs.exists(get_filepath_str(self._filepath, self._protocol))

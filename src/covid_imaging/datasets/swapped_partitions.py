@@ -45,11 +45,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from copy import deepcopy
 from typing import Any
 
-from kedro.io.core import DatasetError
 from kedro_datasets.partitions import PartitionedDataset
 
 from covid_imaging.datasets.atomic import _HOST_TAG, _STALE_AFTER_S, _process_alive
-from covid_imaging.datasets.bytes_dataset import BytesDataset
+from covid_imaging.datasets.bytes_dataset import BytesDataset, require_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -160,8 +159,7 @@ def recover_folder(target: str) -> list[str]:
 
 def _write_durably(path: str, data: Any) -> None:
     """Write bytes into the staging folder and fsync them (durable before the swap)."""
-    if not isinstance(data, bytes | bytearray):
-        raise DatasetError(f"{path}: BytesDataset saves bytes, got {type(data).__name__}")
+    data = require_bytes(path, data)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as handle:
         handle.write(data)
