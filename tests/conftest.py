@@ -82,19 +82,48 @@ def kedro_project(tmp_path, monkeypatch):
     mlflow_hook.run_id = None
 
 
-def run_kedro(project: Path, pipeline: str, env: str | None = None, params: dict | None = None) -> dict:
-    """Run a pipeline in a fresh session, like `kedro run --pipeline=... --env=... --params=...`.
+def tiny_demo_params(n_per_class: int = 6, n_ct_per_class: int = 2) -> dict:
+    """A tiny synthetic demo set at 64 px (dotted ``--params`` keys), shared by the pipeline runs."""
+    return {
+        "demo_data.generator.n_per_class": n_per_class,
+        "demo_data.generator.n_ct_per_class": n_ct_per_class,
+        "demo_data.generator.cxr_size": 64,
+        "demo_data.generator.ct_size": 64,
+        "preprocessing.resize.size": 64,
+    }
 
-    Dotted keys (``"segmentation.unet.training.epochs": 2``) are nested as the CLI does.
-    """
+
+def tiny_segmentation_params(models, epochs: int) -> dict:
+    """Segmentation models at 32 px, 4 base filters, batch 4, ``epochs`` epochs."""
+    params: dict = {}
+    for model in models:
+        params |= {
+            f"segmentation.{model}.data.image_size": 32,
+            f"segmentation.{model}.data.batch_size": 4,
+            f"segmentation.{model}.training.epochs": epochs,
+            f"segmentation.{model}.model.base_filters": 4,
+        }
+    return params
+
+
+def nested_params(dotted: dict) -> dict:
+    """Dotted keys (``"segmentation.unet.training.epochs": 2``) nested as the CLI's ``--params`` does."""
+    nested: dict = {}
+    for key, value in dotted.items():
+        *parents, leaf = key.split(".")
+        target = nested
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return nested
+
+
+def run_kedro(
+    project: Path, pipeline: str, env: str | None = None, params: dict | None = None, runner=None
+) -> dict:
+    """Run a pipeline in a fresh session, like `kedro run --pipeline=... --env=... --params=...`
+    (``runner``: a Kedro runner instance, e.g. ``ParallelRunner()``)."""
     from kedro.framework.session import KedroSession
 
-    nested: dict = {}
-    for dotted, value in (params or {}).items():
-        *parents, leaf = dotted.split(".")
-        target = nested
-        for key in parents:
-            target = target.setdefault(key, {})
-        target[leaf] = value
-    with KedroSession.create(project_path=project, env=env, runtime_params=nested) as session:
-        return session.run(pipeline_names=[pipeline])
+    with KedroSession.create(project_path=project, env=env, runtime_params=nested_params(params or {})) as session:
+        return session.run(pipeline_names=[pipeline], runner=runner)

@@ -12,48 +12,23 @@ import mlflow
 import pandas as pd
 import pytest
 import yaml
-from kedro.framework.session import KedroSession
 
 from covid_imaging.compute import close_dask_clients
 from covid_imaging.pipelines.segmentation.pipeline import ENSEMBLE, SEGMENTATION_MODELS
 from covid_imaging.runner import DistributedDatasetError, _DaskDataset
-from tests.conftest import PROJECT_ROOT, run_kedro
+from tests.conftest import (
+    PROJECT_ROOT,
+    nested_params,
+    run_kedro,
+    tiny_demo_params,
+    tiny_segmentation_params,
+)
 
 pytestmark = pytest.mark.slow
 
-TINY = {
-    "demo_data.generator.n_per_class": 6,
-    "demo_data.generator.n_ct_per_class": 2,
-    "demo_data.generator.cxr_size": 64,
-    "demo_data.generator.ct_size": 64,
-    "preprocessing.resize.size": 64,
-}
-for _model in SEGMENTATION_MODELS:
-    TINY |= {
-        f"segmentation.{_model}.data.image_size": 32,
-        f"segmentation.{_model}.data.batch_size": 4,
-        f"segmentation.{_model}.training.epochs": 1,
-        f"segmentation.{_model}.model.base_filters": 4,
-        f"segmentation.{_model}.stress_test.kinds": ["effusion"],
-    }
-TINY[f"segmentation.{ENSEMBLE}.stress_test.kinds"] = ["effusion"]
+TINY = tiny_demo_params() | tiny_segmentation_params(SEGMENTATION_MODELS, epochs=1)
+TINY |= {f"segmentation.{model}.stress_test.kinds": ["effusion"] for model in (*SEGMENTATION_MODELS, ENSEMBLE)}
 LOCAL_CLUSTER = {"compute.dask.scheduler_address": "local", "compute.dask.n_workers": 2}
-
-
-def _nested(dotted: dict) -> dict:
-    nested: dict = {}
-    for key, value in dotted.items():
-        *parents, leaf = key.split(".")
-        target = nested
-        for parent in parents:
-            target = target.setdefault(parent, {})
-        target[leaf] = value
-    return nested
-
-
-def _run(project, pipeline: str, runner=None, params: dict | None = None) -> None:
-    with KedroSession.create(project_path=project, runtime_params=_nested(params or {})) as session:
-        session.run(pipeline_names=[pipeline], runner=runner)
 
 
 def _run_cli(project, *arguments: str) -> None:
@@ -95,8 +70,8 @@ def prepared(kedro_project):
     # the tiny parameters in the project's own local environment, so `kedro run` uses them too
     tiny = kedro_project / "conf/local/parameters/tiny.yml"
     tiny.parent.mkdir(parents=True, exist_ok=True)
-    tiny.write_text(yaml.safe_dump(_nested(TINY)))
-    _run(kedro_project, "data_preparation")
+    tiny.write_text(yaml.safe_dump(nested_params(TINY)))
+    run_kedro(kedro_project, "data_preparation")
     yield kedro_project
     close_dask_clients()
 
@@ -107,7 +82,7 @@ def test_preprocessing_on_a_local_cluster_writes_the_same_images(prepared):
     table = (prepared / "data/05_model_input/synthetic_demo/model_input_table.csv").read_bytes()
     assert len(in_process) > 20
     shutil.rmtree(folder)
-    _run(prepared, "preprocessing", params=LOCAL_CLUSTER)
+    run_kedro(prepared, "preprocessing", params=LOCAL_CLUSTER)
     assert _images(folder) == in_process
     assert (prepared / "data/05_model_input/synthetic_demo/model_input_table.csv").read_bytes() == table
 
@@ -125,7 +100,7 @@ def _assert_one_finished_child_run_per_model(project) -> None:
 
 
 def test_model_pipelines_under_parallel_runner_match_the_in_process_run(prepared):
-    _run(prepared, "segmentation_models")
+    run_kedro(prepared, "segmentation_models")
     in_process = _model_outputs(prepared)
     _run_cli(prepared, "--pipelines=segmentation_models", "--runner=ParallelRunner", "--runner-params=max_workers=2")
     _assert_same(in_process, _model_outputs(prepared))
@@ -140,7 +115,7 @@ def test_model_pipelines_run_on_a_local_cluster_with_the_dask_runner(prepared):
 
 
 def test_model_pipelines_on_the_dask_runner_match_the_in_process_run(prepared):
-    _run(prepared, "segmentation_models")
+    run_kedro(prepared, "segmentation_models")
     in_process = _model_outputs(prepared)
     _run_cli(prepared, *DASK_RUN)
     _assert_same(in_process, _model_outputs(prepared))

@@ -2,15 +2,15 @@
 
 from kedro.config import OmegaConfigLoader  # noqa: F401
 
+# Importing it hides the third-party start-up warnings named there (also for `python -m` and
+# notebooks, where Kedro's CLI entry point that imports it first does not run).
+import covid_imaging.quiet  # noqa: F401
 from covid_imaging.dataset_names import (
     DEMO_RESOLVER,
     RESOLVER,
     demo_data_enabled,
     resolve_dataset_name,
 )
-from covid_imaging.quiet import install_warning_filters
-
-install_warning_filters()  # third-party start-up warnings, each named in covid_imaging/quiet.py
 
 # Parameters from an environment (e.g. conf/shared_data) are deep-merged into base, so an
 # environment only states what differs; catalog entries are replaced whole.

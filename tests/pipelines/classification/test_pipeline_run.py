@@ -9,19 +9,11 @@ import pandas as pd
 import pytest
 
 from covid_imaging.pipelines.classification.pipeline import CLASSIFICATION_MODELS
-from tests.conftest import run_kedro
+from tests.conftest import run_kedro, tiny_demo_params, tiny_segmentation_params
 
 pytestmark = pytest.mark.slow
 
-TINY = {
-    "demo_data.generator.n_per_class": 10,
-    "demo_data.generator.n_ct_per_class": 2,
-    "demo_data.generator.cxr_size": 64,
-    "demo_data.generator.ct_size": 64,
-    "preprocessing.resize.size": 64,
-    "segmentation.unet.data.image_size": 32,
-    "segmentation.unet.training.epochs": 2,
-    "segmentation.unet.model.base_filters": 4,
+TINY = tiny_demo_params(n_per_class=10) | tiny_segmentation_params(["unet"], epochs=2) | {
     "lung_masking.min_lung_area_fraction": 0.0,  # a 2-epoch U-Net may find little lung
 }
 for _model in CLASSIFICATION_MODELS:

@@ -19,18 +19,12 @@ import pytest
 import covid_imaging.pipeline_registry as pipeline_registry
 from covid_imaging.pipelines import ct_classification
 from covid_imaging.pipelines.ct_classification.pipeline import CT_CLASSIFICATION_MODELS
-from tests.conftest import run_kedro
+from tests.conftest import run_kedro, tiny_demo_params
 
 pytestmark = pytest.mark.slow
 
 RUN_MODELS = ("basic_cnn", "alexnet", "mobilenet")
-TINY = {
-    "demo_data.generator.n_per_class": 2,
-    "demo_data.generator.n_ct_per_class": 20,
-    "demo_data.generator.cxr_size": 64,
-    "demo_data.generator.ct_size": 64,
-    "preprocessing.resize.size": 64,
-}
+TINY = tiny_demo_params(n_per_class=2, n_ct_per_class=20)
 for _model in CT_CLASSIFICATION_MODELS:
     TINY |= {
         f"ct_classification.{_model}.data.batch_size": 8,

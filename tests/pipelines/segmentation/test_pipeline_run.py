@@ -9,24 +9,11 @@ import pandas as pd
 import pytest
 
 from covid_imaging.pipelines.segmentation.pipeline import ENSEMBLE, SEGMENTATION_MODELS
-from tests.conftest import run_kedro
+from tests.conftest import run_kedro, tiny_demo_params, tiny_segmentation_params
 
 pytestmark = pytest.mark.slow
 
-TINY = {
-    "demo_data.generator.n_per_class": 6,
-    "demo_data.generator.n_ct_per_class": 2,
-    "demo_data.generator.cxr_size": 64,
-    "demo_data.generator.ct_size": 64,
-    "preprocessing.resize.size": 64,
-}
-for _model in SEGMENTATION_MODELS:
-    TINY |= {
-        f"segmentation.{_model}.data.image_size": 32,
-        f"segmentation.{_model}.data.batch_size": 4,
-        f"segmentation.{_model}.training.epochs": 2,
-        f"segmentation.{_model}.model.base_filters": 4,
-    }
+TINY = tiny_demo_params() | tiny_segmentation_params(SEGMENTATION_MODELS, epochs=2)
 
 
 def test_segmentation_pipeline_on_tiny_demo_set(kedro_project):
