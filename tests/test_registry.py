@@ -52,7 +52,7 @@ def test_registry_holds_the_three_families():
     assert set(REGISTRY.names("segmentation")) == {"unet", "fcn", "deeplabv3"}
     assert set(REGISTRY.names("cxr_classification")) == {
         "simple_cnn_pneumonia", "simple_cnn_scratch", "simple_cnn_transfer", "simple_cnn_unmasked",
-        "lungless_audit", "simple_cnn_mixed", "lungless_audit_mixed", "resnet50", "hrnet",
+        "lungless_audit", "simple_cnn_mixed", "lungless_audit_mixed", "simple_cnn_four_class", "resnet50", "hrnet",
     }
     ct = REGISTRY.models("ct_classification")
     assert {spec.name: spec.input_size for spec in ct} == CT_STUDY
