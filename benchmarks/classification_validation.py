@@ -35,7 +35,8 @@ from covid_imaging.pipelines.classification.nodes import (
 from covid_imaging.settings import CONFIG_LOADER_ARGS
 
 
-def validation_scores(inputs: pd.DataFrame, block: dict, variant: dict, n_seeds: int) -> list[float]:
+def validation_scores(inputs: pd.DataFrame, block: dict, variant: dict, n_seeds: int) -> tuple[list[float], int]:
+    """Each seed's validation balanced accuracy, and the validation size."""
     data = {**block["data"], **variant.get("data", {}), "cross_validation": False}
     training = {phase: {**values, **variant.get("training", {})} for phase, values in block["training"].items()}
     validation = _rows(inputs, data, "validation")
@@ -45,7 +46,7 @@ def validation_scores(inputs: pd.DataFrame, block: dict, variant: dict, n_seeds:
         model, _ = train_classification_model(inputs, block["model"], training, seeded)
         predicted = _predict(model, validation, seeded).argmax(axis=1)
         scores.append(float(balanced_accuracy_score(_labels(validation, seeded), predicted)))
-    return scores
+    return scores, len(validation)
 
 
 def main() -> None:
@@ -62,10 +63,10 @@ def main() -> None:
         raise SystemExit(f"{inputs_path}: missing; run `kedro run --pipelines=classification --env={args.env}` first")
     inputs = pd.read_csv(inputs_path)
     for text in args.variants:
-        scores = validation_scores(inputs, block, json.loads(text), args.seeds)
+        scores, n_validation = validation_scores(inputs, block, json.loads(text), args.seeds)
         spread = np.std(scores, ddof=1) if len(scores) > 1 else float("nan")
         print(f"{args.model} {text}: validation balanced accuracy {np.mean(scores):.3f} +- {spread:.3f} "
-              f"{[round(s, 3) for s in scores]} (n_validation {len(_rows(inputs, block['data'], 'validation'))})")
+              f"{[round(s, 3) for s in scores]} (n_validation {n_validation})")
 
 
 if __name__ == "__main__":
