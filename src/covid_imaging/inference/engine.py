@@ -38,6 +38,7 @@ from covid_imaging.imaging.preprocessing import PreprocessingConfig, preprocess_
 from covid_imaging.inference.models import LoadedModel
 from covid_imaging.registry import modalities
 from covid_imaging.segmentation._params import merge_params
+from covid_imaging.segmentation.conventions import model_conventions
 from covid_imaging.segmentation.inference import load_native_mask, native_lung_mask
 from covid_imaging.segmentation.metrics import dice_score, iou_score
 from covid_imaging.segmentation.postprocessing import postprocess_probability_map
@@ -84,6 +85,10 @@ class InferenceSettings:
     thumbnail_size: int = 160
     write_files: bool = True
     n_workers: int = 0  # threads decoding and post-processing the images of a batch (0: one per CPU)
+    # Which head of a model with one head per mask convention draws the output masks:
+    # None for its default (first) head. Classifier lung crops always use the default
+    # head, as the classification pipeline's lung masking does.
+    mask_convention: str | None = None
 
     @property
     def preprocessing_config(self) -> PreprocessingConfig:
@@ -201,13 +206,13 @@ def _model_size(model: Any) -> tuple[int, int]:
 
 
 def _segment(inputs: pd.DataFrame, images: np.ndarray, model: LoadedModel) -> np.ndarray:
-    """Probability maps of the (cxr) rows ``inputs`` from their preprocessed ``images``."""
+    """``(N, H, W, heads)`` probability maps of the (cxr) rows ``inputs`` from their preprocessed ``images``."""
     size, _ = _model_size(model.model)
     batch = np.stack([
         cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA) if image.shape[0] != size else image
         for image in images
     ]).astype(np.float32) / 255.0
-    return np.asarray(model.model.predict_on_batch(batch[..., None]), dtype=np.float32)[..., 0]
+    return np.asarray(model.model.predict_on_batch(batch[..., None]), dtype=np.float32)
 
 
 def _classify(inputs: pd.DataFrame, images: np.ndarray, model: LoadedModel) -> np.ndarray:
@@ -233,6 +238,15 @@ class InferenceEngine:
         self._classifiers = [(m, _guarded(_classify, m.spec.modality), image_variant(m, settings.lung_masking))
                              for m in models.classifiers]
         self._needs_lung_crop = any(variant != "whole" for _, _, variant in self._classifiers)
+        self._mask_head = 0
+        if models.segmentation is not None and settings.mask_convention:
+            heads = model_conventions(models.segmentation.model)
+            if settings.mask_convention not in heads:
+                raise ValueError(
+                    f"inference.mask_convention: {models.segmentation.namespace} has no {settings.mask_convention!r} "
+                    f"head; its mask convention heads are {list(heads)}"
+                )
+            self._mask_head = heads.index(settings.mask_convention)
         self._pool = ThreadPoolExecutor(max_workers=settings.n_workers or os.cpu_count() or 1)
         for model, _, variant in self._classifiers:
             if variant != "whole" and models.segmentation is None:
@@ -264,10 +278,13 @@ class InferenceEngine:
         lung_masks: dict[int, np.ndarray] = {}
         cxr = np.flatnonzero(table["modality"].to_numpy() == "cxr")
         if self._segment is not None and cxr.size:
-            probabilities = self._segment(table.iloc[cxr], np.stack([preprocessed[i] for i in cxr]), self.models.segmentation)
+            heads = self._segment(table.iloc[cxr], np.stack([preprocessed[i] for i in cxr]), self.models.segmentation)
             masks = self._pool.map(
-                lambda item: self._segmentation_outputs(results[item[0]], kept[item[0]], grays[item[0]], item[1], raw_files),
-                zip(cxr, probabilities, strict=True),
+                lambda item: self._segmentation_outputs(
+                    results[item[0]], kept[item[0]], grays[item[0]], item[1][..., self._mask_head], raw_files,
+                    crop_map=item[1][..., 0],
+                ),
+                zip(cxr, heads, strict=True),
             )
             lung_masks = {index: mask for index, mask in zip(cxr, masks, strict=True) if mask is not None}
         for model, classify, variant in self._classifiers:
@@ -295,10 +312,10 @@ class InferenceEngine:
         }
 
     def _segmentation_outputs(self, result: ImageResult, row: Mapping[str, Any], gray: np.ndarray,
-                              probability_map: np.ndarray, raw_files: Loaders) -> np.ndarray | None:
-        """Native mask, overlay, statistics and (with a true mask) Dice/IoU; returns the
-        lung mask at the preprocessed size that the classifiers' lung crop is made from (None
-        when no classifier takes a lung crop)."""
+                              probability_map: np.ndarray, raw_files: Loaders, crop_map: np.ndarray) -> np.ndarray | None:
+        """Native mask, overlay, statistics and (with a true mask) Dice/IoU from ``probability_map``;
+        returns the lung mask at the preprocessed size that the classifiers' lung crop is made
+        from (``crop_map``, the default head; None when no classifier takes a lung crop)."""
         height, width = gray.shape
         native_map, native_mask = native_lung_mask(
             probability_map, height, width, self.settings.preprocessing, self.settings.segmentation_postprocessing
@@ -320,7 +337,7 @@ class InferenceEngine:
         # The classification pipeline's lung mask: the map at the preprocessed size,
         # post-processed with lung_masking.postprocessing (see classification nodes).
         size = self.config.image_size
-        square = cv2.resize(probability_map.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
+        square = cv2.resize(crop_map.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
         return postprocess_probability_map(np.clip(square, 0.0, 1.0), self.settings.lung_masking.get("postprocessing"))
 
     def _classification_outputs(self, model: LoadedModel, classify: Callable[..., np.ndarray], variant: str,

@@ -18,6 +18,7 @@ from covid_imaging.segmentation.augmentation import (
     augment_image_and_mask,
     resolve_augmentation_params,
 )
+from covid_imaging.segmentation.conventions import IGNORED
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Masks are stored as {0, 255}; anything above the midpoint is lung.
@@ -53,6 +54,8 @@ def make_segmentation_dataset(
     shuffle: bool,
     augment_params: Mapping[str, Any] | None,
     seed: int,
+    heads: Sequence[int] | None = None,
+    n_heads: int = 1,
 ) -> tf.data.Dataset:
     """Stream ``(image, mask)`` batches, each ``(B, image_size, image_size, 1)`` float32.
 
@@ -66,6 +69,9 @@ def make_segmentation_dataset(
             means all defaults), or ``None`` for no augmentation (validation / test).
         seed: seeds the shuffle and the per-element augmentation seeds, so a run
             is reproducible while every epoch still sees new augmentations.
+        heads, n_heads: for a model with ``n_heads`` > 1 mask-convention heads, each
+            image's head; its target becomes ``(image_size, image_size, n_heads)``, the
+            mask in its own head and ``IGNORED`` in the others (after augmentation).
     """
     images = _as_path_strings(image_paths)
     masks = _as_path_strings(mask_paths)
@@ -75,13 +81,20 @@ def make_segmentation_dataset(
         raise ValueError("Cannot build a segmentation dataset from zero images.")
 
     dataset = tf.data.Dataset.from_tensor_slices((images, masks))
+    if n_heads > 1:
+        if heads is None or len(heads) != len(images):
+            raise ValueError(f"{n_heads} mask-convention heads need one head index per image ({len(images)}).")
+        dataset = tf.data.Dataset.zip((dataset, tf.data.Dataset.from_tensor_slices(np.asarray(heads, np.int32))))
+    else:
+        dataset = tf.data.Dataset.zip((dataset, tf.data.Dataset.from_tensor_slices(np.zeros(len(images), np.int32))))
     if shuffle:
         # Shuffling paths (not decoded images) keeps the buffer tiny.
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.map(
-        lambda image_path, mask_path: (
-            load_image(image_path, image_size),
-            load_mask(mask_path, image_size),
+        lambda paths, head: (
+            load_image(paths[0], image_size),
+            load_mask(paths[1], image_size),
+            head,
         ),
         num_parallel_calls=AUTOTUNE,
     )
@@ -90,12 +103,24 @@ def make_segmentation_dataset(
         # A fresh, seeded stream of per-element seeds each epoch.
         element_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         dataset = tf.data.Dataset.zip((dataset, element_seeds)).map(
-            lambda pair, element_seed: augment_image_and_mask(
-                pair[0], pair[1], element_seed, resolved
+            lambda triple, element_seed: (
+                *augment_image_and_mask(triple[0], triple[1], element_seed, resolved), triple[2]
             ),
             num_parallel_calls=AUTOTUNE,
         )
+    if n_heads > 1:
+        dataset = dataset.map(
+            lambda image, mask, head: (image, head_targets(mask, head, n_heads)), num_parallel_calls=AUTOTUNE
+        )
+    else:
+        dataset = dataset.map(lambda image, mask, head: (image, mask), num_parallel_calls=AUTOTUNE)
     return dataset.batch(batch_size).prefetch(AUTOTUNE)
+
+
+def head_targets(mask: tf.Tensor, head: tf.Tensor, n_heads: int) -> tf.Tensor:
+    """``(H, W, n_heads)`` target: ``mask`` in channel ``head``, ``IGNORED`` in the others."""
+    own = tf.reshape(tf.one_hot(head, n_heads) > 0.5, [1, 1, n_heads])
+    return tf.where(own, mask, tf.constant(IGNORED, mask.dtype))
 
 
 def make_inference_dataset(

@@ -22,6 +22,7 @@ from covid_imaging.imaging.io import decode_image, to_gray_uint8
 from covid_imaging.imaging.preprocessing import restore_native_size
 from covid_imaging.progress import log_progress
 from covid_imaging.segmentation.augmentation import OPACITY_KINDS, paste_opacity
+from covid_imaging.segmentation.conventions import head_index, model_conventions, select_heads
 from covid_imaging.segmentation.data import make_segmentation_dataset
 from covid_imaging.segmentation.metrics import dice_score, image_metrics, iou_score
 from covid_imaging.segmentation.postprocessing import postprocess_probability_map
@@ -40,11 +41,16 @@ def predict_batches(
     """Yield ``(row, image, mask, probability_map)`` per image, at the model's size.
 
     ``transform(image, mask, index)`` may change each image before prediction (the
-    stress test pastes opacities); the yielded image is the one the model saw.
+    stress test pastes opacities); the yielded image is the one the model saw. Each
+    map is the model's head for the row's ``mask_convention`` (the default head when
+    the model has none for it).
     """
     dataset = make_segmentation_dataset(
         rows["image_path"], rows["mask_path"], image_size, batch_size, shuffle=False, augment_params=None, seed=0
     )
+    conventions = model_conventions(model)
+    row_conventions = rows["mask_convention"] if "mask_convention" in rows else [None] * len(rows)
+    heads = [head_index(conventions, name) for name in row_conventions]
     row_iter = iter(rows.itertuples(index=False))
     index = 0
     for batch_images, batch_masks in dataset:
@@ -52,7 +58,8 @@ def predict_batches(
         masks = batch_masks.numpy()[..., 0]
         if transform is not None:
             images = np.stack([transform(image, mask, index + i) for i, (image, mask) in enumerate(zip(images, masks, strict=True))])
-        probabilities = np.asarray(model.predict_on_batch(tf.constant(images[..., None])), dtype=np.float32)[..., 0]
+        output = np.asarray(model.predict_on_batch(tf.constant(images[..., None])), dtype=np.float32)
+        probabilities = select_heads(output, heads[index:index + len(images)])
         for image, mask, probability_map in zip(images, masks, probabilities, strict=True):
             yield next(row_iter), image, mask, probability_map
             index += 1

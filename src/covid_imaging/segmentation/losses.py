@@ -1,7 +1,10 @@
 """Soft Dice / IoU metrics and the segmentation losses built from them.
 
 All functions take ``(y_true, y_pred)`` batches shaped ``(B, H, W, 1)`` and return
-one value per image (shape ``(B,)``); Keras averages them over the batch. That
+one value per image (shape ``(B,)``). A model with one head per mask convention
+outputs ``(B, H, W, n)``; its targets hold the mask in the image's own head and
+``conventions.IGNORED`` in the others, and every function here scores each image on
+its own head only (:func:`select_image_heads`). Keras averages them over the batch. That
 makes the training metric the mean per-image score, like the evaluation in
 ``metrics.py``, instead of one score over all pixels of the batch.
 
@@ -22,10 +25,23 @@ _SPATIAL_AXES = (1, 2, 3)
 DEFAULT_SMOOTH = 1.0
 
 
+def select_image_heads(y_true, y_pred):
+    """``(B, H, W, 1)`` target and prediction of each image's own head.
+
+    The head is the channel whose target is not ``IGNORED``; with one channel it is that.
+    """
+    if y_pred.shape[-1] == 1:
+        return y_true, y_pred
+    # Ignored heads are IGNORED (< 0) everywhere; the image's head holds {0, 1}.
+    own_head = ops.cast(ops.max(y_true, axis=(1, 2), keepdims=True) >= 0.0, y_pred.dtype)
+    return (ops.sum(y_true * own_head, axis=-1, keepdims=True),
+            ops.sum(y_pred * own_head, axis=-1, keepdims=True))
+
+
 def _as_float_pair(y_true, y_pred):
-    """Cast both tensors to the prediction's float dtype (float32 output layer)."""
+    """Cast both tensors to the prediction's float dtype (float32 output layer); each image's head."""
     y_pred = ops.convert_to_tensor(y_pred)
-    return ops.cast(y_true, y_pred.dtype), y_pred
+    return select_image_heads(ops.cast(y_true, y_pred.dtype), y_pred)
 
 
 @keras.saving.register_keras_serializable(package="covid_imaging")

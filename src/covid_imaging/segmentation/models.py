@@ -2,8 +2,9 @@
 
 Every builder takes ``(input_size, base_filters, dropout_rate, batch_norm)`` and
 returns an uncompiled ``keras.Model`` mapping a ``(H, W, 1)`` float32 image to a
-``(H, W, 1)`` map of sigmoid probabilities. The final activation layer is forced
-to float32 so the models also work under the ``mixed_float16`` policy (float16
+``(H, W, n)`` map of sigmoid probabilities, one channel per lung-mask convention in
+``mask_conventions`` (default: one; see :mod:`covid_imaging.segmentation.conventions`).
+The final activation layer is forced to float32 so the models also work under the ``mixed_float16`` policy (float16
 sigmoids saturate and make the losses unstable).
 
 Adding a model means writing one ``build_*`` function and one entry in
@@ -16,6 +17,8 @@ from collections.abc import Callable, Sequence
 
 import keras
 from keras import layers
+
+from covid_imaging.segmentation.conventions import UNSPECIFIED, MaskConventionHeads, model_conventions
 
 DEFAULT_ATROUS_RATES: tuple[int, ...] = (1, 6, 12, 18)
 
@@ -66,10 +69,11 @@ def _conv_stack(
     return x
 
 
-def _sigmoid_output(x: keras.KerasTensor) -> keras.KerasTensor:
-    """1x1 convolution to one channel followed by a float32 sigmoid."""
-    logits = layers.Conv2D(1, 1, padding="same", name="logits")(x)
-    return layers.Activation("sigmoid", dtype="float32", name="probabilities")(logits)
+def _sigmoid_output(x: keras.KerasTensor, mask_conventions: Sequence[str]) -> keras.KerasTensor:
+    """1x1 convolution to one channel per mask convention, a float32 sigmoid, the heads' names."""
+    logits = layers.Conv2D(len(mask_conventions), 1, padding="same", name="logits")(x)
+    probabilities = layers.Activation("sigmoid", dtype="float32", name="probabilities")(logits)
+    return MaskConventionHeads(mask_conventions, name="mask_convention_heads")(probabilities)
 
 
 def _image_input(input_size: int) -> keras.KerasTensor:
@@ -82,6 +86,7 @@ def build_unet(
     base_filters: int = 32,
     dropout_rate: float = 0.1,
     batch_norm: bool = True,
+    mask_conventions: Sequence[str] = (UNSPECIFIED,),
 ) -> keras.Model:
     """U-Net with 4 contracting and 4 expanding blocks.
 
@@ -115,7 +120,7 @@ def build_unet(
         x = layers.Dropout(dropout_rate, name=f"up{level}_dropout")(x)
         x = _conv_stack(x, filters, 2, batch_norm, name=f"up{level}")
 
-    return keras.Model(inputs, _sigmoid_output(x), name="unet")
+    return keras.Model(inputs, _sigmoid_output(x, mask_conventions), name="unet")
 
 
 def build_fcn(
@@ -123,6 +128,7 @@ def build_fcn(
     base_filters: int = 32,
     dropout_rate: float = 0.1,
     batch_norm: bool = True,
+    mask_conventions: Sequence[str] = (UNSPECIFIED,),
 ) -> keras.Model:
     """Fully convolutional network without skip connections.
 
@@ -148,7 +154,7 @@ def build_fcn(
         )(x)
 
     x = _conv_stack(x, base_filters, 2, batch_norm, name="head")
-    return keras.Model(inputs, _sigmoid_output(x), name="fcn")
+    return keras.Model(inputs, _sigmoid_output(x, mask_conventions), name="fcn")
 
 
 def build_deeplabv3(
@@ -157,6 +163,7 @@ def build_deeplabv3(
     dropout_rate: float = 0.1,
     batch_norm: bool = True,
     atrous_rates: Sequence[int] = DEFAULT_ATROUS_RATES,
+    mask_conventions: Sequence[str] = (UNSPECIFIED,),
 ) -> keras.Model:
     """Compact DeepLabV3: small backbone, ASPP and a transposed-conv decoder.
 
@@ -203,7 +210,7 @@ def build_deeplabv3(
             x = layers.BatchNormalization(name=f"decoder{level}_bn")(x)
         x = layers.Activation("relu", name=f"decoder{level}_relu")(x)
 
-    return keras.Model(inputs, _sigmoid_output(x), name="deeplabv3")
+    return keras.Model(inputs, _sigmoid_output(x, mask_conventions), name="deeplabv3")
 
 
 MODEL_BUILDERS: dict[str, Callable[..., keras.Model]] = {
@@ -224,12 +231,15 @@ def build_ensemble(members: Sequence[keras.Model], name: str = "ensemble") -> ke
     shapes = {tuple(member.input_shape[1:]) for member in members}
     if len(shapes) != 1:
         raise ValueError(f"Ensemble members need one input shape, got {sorted(shapes)}.")
+    heads = {model_conventions(member) for member in members}
+    if len(heads) != 1:
+        raise ValueError(f"Ensemble members need the same mask convention heads, got {sorted(heads)}.")
     image = keras.Input(shape=next(iter(shapes)), name="image")
     for index, member in enumerate(members):
         member.name = f"{member.name}_{index}" if any(m.name == member.name for m in members[:index]) else member.name
     outputs = [member(image) for member in members]
     average = outputs[0] if len(outputs) == 1 else layers.Average(dtype="float32", name="mean_probability")(outputs)
-    return keras.Model(image, average, name=name)
+    return keras.Model(image, MaskConventionHeads(heads.pop(), name="mask_convention_heads")(average), name=name)
 
 
 def build_segmentation_model(name: str, **kwargs: object) -> keras.Model:

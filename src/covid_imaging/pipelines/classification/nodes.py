@@ -145,6 +145,7 @@ def _predict_lung_masks(
             batch_ids = image_ids[start : start + batch_size]
             grays = [decode_gray(preprocessed_images[f"images/{image_id}"]()) for image_id in batch_ids]
             batch = np.stack([cv2.resize(g, (size, size), interpolation=cv2.INTER_AREA) for g in grays])
+            # Channel 0: the default mask-convention head (segmentation/conventions.py).
             probabilities = np.asarray(segmentation_model.predict_on_batch(batch[..., None] / 255.0))[..., 0]
             for gray, probability_map in zip(grays, probabilities, strict=True):
                 yield gray.shape, probability_map

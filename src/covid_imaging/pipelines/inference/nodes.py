@@ -48,6 +48,7 @@ DEFAULT_INFERENCE_PARAMS: dict[str, Any] = {
     "output": "data/07_model_output/inference",
     "ingestion": {},  # further ingestion parameters (manifest_file, parts, max_pixels, n_workers, ...)
     "segmentation_model": "unet",  # a registered segmentation model, or null for none
+    "mask_convention": None,  # the head drawing the masks of a model with one per convention (null: its default)
     "classifiers": [],  # registered classifiers: X-ray (classification.*) or CT (ct_classification.*) names
     "versions": {},  # namespace -> catalog version (default: the latest)
     "mlflow_models": {},  # namespace -> MLflow model URI (runs:/..., models:/...), instead of the catalog
@@ -142,6 +143,7 @@ def _settings(params: Mapping[str, Any], preprocessing: Mapping[str, Any], lung_
         qc=params["qc"], gradcam=bool(params["gradcam"]["enabled"]), gradcam_alpha=float(params["gradcam"]["alpha"]),
         contour_thickness=int(params["overlay"]["contour_thickness"]),
         thumbnail_size=int(params["report"]["thumbnail_size"]), n_workers=int(params["n_workers"]),
+        mask_convention=params["mask_convention"],
     )
 
 

@@ -14,6 +14,7 @@ from covid_imaging.compute import ComputeConfig
 from covid_imaging.registry import TASK_MODALITY
 from covid_imaging.segmentation._params import merge_params
 from covid_imaging.segmentation.augmentation import OPACITY_KINDS
+from covid_imaging.segmentation.conventions import head_index, training_heads
 from covid_imaging.segmentation.data import make_segmentation_dataset
 from covid_imaging.segmentation.inference import Loaders, opacity_transform, score_images
 from covid_imaging.segmentation.metrics import (
@@ -126,32 +127,42 @@ def train_segmentation(
     augmentation_params: dict[str, Any],
     data_params: dict[str, Any],
 ) -> tuple[keras.Model, dict[str, list[float]]]:
-    """Build the configured model and train it; best weights by validation loss."""
+    """Build the configured model and train it; best weights by validation loss.
+
+    With ``model_params['convention_heads']`` the model gets one output head per mask
+    convention its training images carry, in that order (the first present is the
+    default head); each image trains its own convention's head only.
+    """
     set_global_seed(int(data_params["seed"]))
     resolved = resolve_segmentation_params(training_params)  # unknown keys fail before any work
     image_size = int(data_params["image_size"])
     train = _split_rows(images, "train", data_params.get("max_train_images"))
     validation = _split_rows(images, "validation", data_params.get("max_validation_images"))
-    train_ds = make_segmentation_dataset(
-        train["image_path"], train["mask_path"], image_size, int(data_params["batch_size"]),
-        shuffle=True, augment_params=_augmentation_ops(augmentation_params),
-        seed=int(data_params["seed"]),
+    architecture = {key: value for key, value in model_params.items() if key not in ("builder", "convention_heads")}
+    conventions = (
+        training_heads(train["mask_convention"], model_params["convention_heads"])
+        if model_params.get("convention_heads") else ()
     )
-    validation_ds = make_segmentation_dataset(
-        validation["image_path"], validation["mask_path"], image_size, int(data_params["batch_size"]),
-        shuffle=False, augment_params=None, seed=int(data_params["seed"]),
-    )
+    if conventions:
+        architecture["mask_conventions"] = conventions
+
+    def dataset(rows: pd.DataFrame, training: bool):
+        return make_segmentation_dataset(
+            rows["image_path"], rows["mask_path"], image_size, int(data_params["batch_size"]),
+            shuffle=training, augment_params=_augmentation_ops(augmentation_params) if training else None,
+            seed=int(data_params["seed"]),
+            heads=[head_index(conventions, name) for name in rows["mask_convention"]],
+            n_heads=max(1, len(conventions)),
+        )
+
+    train_ds, validation_ds = dataset(train, True), dataset(validation, False)
     # The dtype policy (mixed precision) holds while this model is built and trained only.
     with training_device(bool(resolved["mixed_precision"]), bool(resolved["multi_gpu"])) as strategy:
         with strategy.scope():
-            model = build_segmentation_model(
-                model_params["builder"],
-                input_size=image_size,
-                **{key: value for key, value in model_params.items() if key != "builder"},
-            )
+            model = build_segmentation_model(model_params["builder"], input_size=image_size, **architecture)
         logger.info(
-            "Training %s (%d parameters) on %d images, validating on %d",
-            model_params["builder"], model.count_params(), len(train), len(validation),
+            "Training %s (%d parameters) on %d images, validating on %d; mask convention heads %s",
+            model_params["builder"], model.count_params(), len(train), len(validation), list(conventions) or "one",
         )
         return train_segmentation_model(model, train_ds, validation_ds, training_params,
                                         name=str(model_params["builder"]))
