@@ -18,7 +18,11 @@ from collections.abc import Callable, Sequence
 import keras
 from keras import layers
 
-from covid_imaging.segmentation.conventions import UNSPECIFIED, MaskConventionHeads, model_conventions
+from covid_imaging.segmentation.conventions import (
+    UNSPECIFIED,
+    MaskConventionHeads,
+    model_conventions,
+)
 
 DEFAULT_ATROUS_RATES: tuple[int, ...] = (1, 6, 12, 18)
 
