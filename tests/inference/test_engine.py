@@ -84,3 +84,42 @@ def test_a_missing_model_is_a_clear_error(tmp_path):
     spec = load_registry().get("segmentation", "unet")
     with pytest.raises(ModelNotFoundError, match=r"segmentation\.unet.*train it first"):
         store.load(spec)
+
+
+def _two_head_lung_model(size: int = 32):
+    """Head "v7" (the default): the bright lungs; head "nlm": nothing (so the heads are told apart)."""
+    import keras
+
+    from covid_imaging.segmentation.conventions import MaskConventionHeads
+
+    image = keras.Input((size, size, 1))
+    lung = keras.layers.Lambda(lambda x: keras.ops.cast(x > 0.5, "float32"))(image)
+    return keras.Model(image, MaskConventionHeads(("v7", "nlm"))(keras.layers.Concatenate()([lung, lung * 0.0])))
+
+
+@pytest.mark.parametrize("convention, lung_expected", [(None, True), ("v7", True), ("nlm", False)])
+def test_inference_masks_come_from_the_chosen_convention_head(convention, lung_expected):
+    from covid_imaging.imaging.io import encode_png
+    from covid_imaging.inference.engine import InferenceEngine, InferenceModels, InferenceSettings
+    from tests.inference.helpers import radiograph
+
+    spec = load_registry().get("segmentation", "unet")
+    models = InferenceModels(LoadedModel(spec, _two_head_lung_model(), "v"))
+    settings = InferenceSettings(
+        preprocessing={"resize": {"size": 32}}, segmentation_postprocessing={"local_threshold": {"enabled": False}},
+        lung_masking={}, gradcam=False, write_files=False, thumbnail_size=0, mask_convention=convention,
+    )
+    image, _ = radiograph(64, 64)
+    rows = pd.DataFrame([{"image_id": "x", "image_key": "x.png", "task": "cxr", "source": "s", "label": "", "mask_key": ""}])
+    results, rejected = InferenceEngine(models, settings).process(rows, {"x.png": lambda: encode_png(image)})
+    assert not rejected
+    assert (results[0].row["lung_area_fraction"] > 0.1) is lung_expected
+
+
+def test_a_convention_the_model_has_no_head_for_is_refused():
+    from covid_imaging.inference.engine import InferenceEngine, InferenceModels, InferenceSettings
+
+    spec = load_registry().get("segmentation", "unet")
+    settings = InferenceSettings(preprocessing={}, segmentation_postprocessing={}, lung_masking={}, mask_convention="jsrt")
+    with pytest.raises(ValueError, match=r"no 'jsrt' head; its mask convention heads are \['v7', 'nlm'\]"):
+        InferenceEngine(InferenceModels(LoadedModel(spec, _two_head_lung_model(), "v")), settings)
