@@ -97,8 +97,12 @@ def _two_head_lung_model(size: int = 32):
     return keras.Model(image, MaskConventionHeads(("v7", "nlm"))(keras.layers.Concatenate()([lung, lung * 0.0])))
 
 
-@pytest.mark.parametrize("convention, lung_expected", [(None, True), ("v7", True), ("nlm", False)])
-def test_inference_masks_come_from_the_chosen_convention_head(convention, lung_expected):
+@pytest.mark.parametrize(
+    "convention, source, lung_expected",
+    [(None, "s", True), ("v7", "s", True), ("nlm", "s", False), (None, "montgomery", False), ("v7", "montgomery", True)],
+)
+def test_inference_masks_come_from_the_chosen_convention_head(convention, source, lung_expected):
+    """An explicit convention for every image; else the source's known one; else the default head."""
     from covid_imaging.imaging.io import encode_png
     from covid_imaging.inference.engine import InferenceEngine, InferenceModels, InferenceSettings
     from tests.inference.helpers import radiograph
@@ -108,9 +112,10 @@ def test_inference_masks_come_from_the_chosen_convention_head(convention, lung_e
     settings = InferenceSettings(
         preprocessing={"resize": {"size": 32}}, segmentation_postprocessing={"local_threshold": {"enabled": False}},
         lung_masking={}, gradcam=False, write_files=False, thumbnail_size=0, mask_convention=convention,
+        source_conventions={"montgomery": "nlm"},
     )
     image, _ = radiograph(64, 64)
-    rows = pd.DataFrame([{"image_id": "x", "image_key": "x.png", "task": "cxr", "source": "s", "label": "", "mask_key": ""}])
+    rows = pd.DataFrame([{"image_id": "x", "image_key": "x.png", "task": "cxr", "source": source, "label": "", "mask_key": ""}])
     results, rejected = InferenceEngine(models, settings).process(rows, {"x.png": lambda: encode_png(image)})
     assert not rejected
     assert (results[0].row["lung_area_fraction"] > 0.1) is lung_expected

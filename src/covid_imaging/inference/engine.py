@@ -38,7 +38,7 @@ from covid_imaging.imaging.preprocessing import PreprocessingConfig, preprocess_
 from covid_imaging.inference.models import LoadedModel
 from covid_imaging.registry import modalities
 from covid_imaging.segmentation._params import merge_params
-from covid_imaging.segmentation.conventions import model_conventions
+from covid_imaging.segmentation.conventions import head_index, model_conventions
 from covid_imaging.segmentation.inference import load_native_mask, native_lung_mask
 from covid_imaging.segmentation.metrics import dice_score, iou_score
 from covid_imaging.segmentation.postprocessing import postprocess_probability_map
@@ -85,10 +85,13 @@ class InferenceSettings:
     thumbnail_size: int = 160
     write_files: bool = True
     n_workers: int = 0  # threads decoding and post-processing the images of a batch (0: one per CPU)
-    # Which head of a model with one head per mask convention draws the output masks:
-    # None for its default (first) head. Classifier lung crops always use the default
-    # head, as the classification pipeline's lung masking does.
+    # Which head of a model with one head per mask convention draws the output masks
+    # (and is scored against true masks): a convention name for every image, or None for
+    # each image's source's convention in ``source_conventions`` where the model has a
+    # head for it, else the default (first) head. Classifier lung crops always use the
+    # default head, as the classification pipeline's lung masking does.
     mask_convention: str | None = None
+    source_conventions: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def preprocessing_config(self) -> PreprocessingConfig:
@@ -238,15 +241,12 @@ class InferenceEngine:
         self._classifiers = [(m, _guarded(_classify, m.spec.modality), image_variant(m, settings.lung_masking))
                              for m in models.classifiers]
         self._needs_lung_crop = any(variant != "whole" for _, _, variant in self._classifiers)
-        self._mask_head = 0
-        if models.segmentation is not None and settings.mask_convention:
-            heads = model_conventions(models.segmentation.model)
-            if settings.mask_convention not in heads:
-                raise ValueError(
-                    f"inference.mask_convention: {models.segmentation.namespace} has no {settings.mask_convention!r} "
-                    f"head; its mask convention heads are {list(heads)}"
-                )
-            self._mask_head = heads.index(settings.mask_convention)
+        self._heads = model_conventions(models.segmentation.model) if models.segmentation else ()
+        if settings.mask_convention and settings.mask_convention not in self._heads:
+            raise ValueError(
+                f"inference.mask_convention: {models.segmentation.namespace} has no {settings.mask_convention!r} "
+                f"head; its mask convention heads are {list(self._heads)}"
+            )
         self._pool = ThreadPoolExecutor(max_workers=settings.n_workers or os.cpu_count() or 1)
         for model, _, variant in self._classifiers:
             if variant != "whole" and models.segmentation is None:
@@ -281,8 +281,8 @@ class InferenceEngine:
             heads = self._segment(table.iloc[cxr], np.stack([preprocessed[i] for i in cxr]), self.models.segmentation)
             masks = self._pool.map(
                 lambda item: self._segmentation_outputs(
-                    results[item[0]], kept[item[0]], grays[item[0]], item[1][..., self._mask_head], raw_files,
-                    crop_map=item[1][..., 0],
+                    results[item[0]], kept[item[0]], grays[item[0]], item[1][..., self._mask_head(kept[item[0]])],
+                    raw_files, crop_map=item[1][..., 0],
                 ),
                 zip(cxr, heads, strict=True),
             )
@@ -295,6 +295,11 @@ class InferenceEngine:
                 shown = overlay if overlay is not None else cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
                 result.thumbnail = thumbnail_data_uri(shown, self.settings.thumbnail_size)
         return results, rejected
+
+    def _mask_head(self, row: Mapping[str, Any]) -> int:
+        """The head that draws this image's mask (see ``InferenceSettings.mask_convention``)."""
+        convention = self.settings.mask_convention or self.settings.source_conventions.get(str(row.get("source", "")))
+        return head_index(self._heads, convention)
 
     def _read(self, raw_files: Loaders, row: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray] | Exception:
         try:

@@ -48,7 +48,9 @@ DEFAULT_INFERENCE_PARAMS: dict[str, Any] = {
     "output": "data/07_model_output/inference",
     "ingestion": {},  # further ingestion parameters (manifest_file, parts, max_pixels, n_workers, ...)
     "segmentation_model": "unet",  # a registered segmentation model, or null for none
-    "mask_convention": None,  # the head drawing the masks of a model with one per convention (null: its default)
+    # The head drawing the masks of a model with one per convention; null: each image's
+    # source's convention (segmentation_data.mask_conventions), else the model's default head.
+    "mask_convention": None,
     "classifiers": [],  # registered classifiers: X-ray (classification.*) or CT (ct_classification.*) names
     "versions": {},  # namespace -> catalog version (default: the latest)
     "mlflow_models": {},  # namespace -> MLflow model URI (runs:/..., models:/...), instead of the catalog
@@ -135,7 +137,7 @@ def select_models(model_store: ModelStore, params: Mapping[str, Any]) -> Inferen
 
 
 def _settings(params: Mapping[str, Any], preprocessing: Mapping[str, Any], lung_masking: Mapping[str, Any],
-              segmentation: Mapping[str, Any]) -> InferenceSettings:
+              segmentation: Mapping[str, Any], segmentation_data: Mapping[str, Any]) -> InferenceSettings:
     name = params["segmentation_model"]
     postprocessing = (segmentation.get(name) or {}).get("postprocessing", {}) if name else {}
     return InferenceSettings(
@@ -144,6 +146,7 @@ def _settings(params: Mapping[str, Any], preprocessing: Mapping[str, Any], lung_
         contour_thickness=int(params["overlay"]["contour_thickness"]),
         thumbnail_size=int(params["report"]["thumbnail_size"]), n_workers=int(params["n_workers"]),
         mask_convention=params["mask_convention"],
+        source_conventions=dict(segmentation_data.get("mask_conventions") or {}),
     )
 
 
@@ -187,13 +190,14 @@ def predict_images(
     preprocessing: dict[str, Any],
     lung_masking: dict[str, Any],
     segmentation: dict[str, Any],
+    segmentation_data: dict[str, Any],
 ) -> dict[str, Any]:
     """The run folder's contents: per image the native-size lung mask, the overlay and the
     Grad-CAM overlays; ``predictions.csv``, ``rejected_files.csv``, ``models.json``, the
     external metrics when the source has masks or labels, and ``report.html``."""
     params = resolve_inference_params(params)
     models = select_models(model_store, params)
-    engine = InferenceEngine(models, _settings(params, preprocessing, lung_masking, segmentation))
+    engine = InferenceEngine(models, _settings(params, preprocessing, lung_masking, segmentation, segmentation_data))
     run = _LazyRun(manifest, raw_files, engine, int(params["batch_size"]))
     evaluation = params["evaluation"]
     state: dict[str, Any] = {}
@@ -249,6 +253,7 @@ def log_inference_pyfunc(
     preprocessing: dict[str, Any],
     lung_masking: dict[str, Any],
     segmentation: dict[str, Any],
+    segmentation_data: dict[str, Any],
 ) -> dict[str, Any]:
     """Log the selected models with their pre- and post-processing as one MLflow pyfunc model
     (in kedro-mlflow's run of this ``kedro run``); returns its URI and the models' versions."""
@@ -258,7 +263,7 @@ def log_inference_pyfunc(
 
     params = resolve_inference_params(params)
     models = select_models(model_store, params)
-    info = log_inference_model(models, _settings(params, preprocessing, lung_masking, segmentation),
+    info = log_inference_model(models, _settings(params, preprocessing, lung_masking, segmentation, segmentation_data),
                                task=str(params["task"]), batch_size=int(params["batch_size"]))
     run = mlflow.active_run()
     logger.info("Inference model logged: %s (load with mlflow.pyfunc.load_model)", info.model_uri)

@@ -30,6 +30,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:preprocessing",
                     "params:lung_masking",
                     "params:segmentation",
+                    "params:segmentation_data",
                 ],
                 "inference_outputs",
                 name="predict_images",
@@ -45,7 +46,7 @@ def create_model_pipeline(**kwargs) -> Pipeline:
             node(
                 log_inference_pyfunc,
                 ["inference_model_store", "params:inference", "params:preprocessing", "params:lung_masking",
-                 "params:segmentation"],
+                 "params:segmentation", "params:segmentation_data"],
                 "inference_mlflow_model",
                 name="log_inference_pyfunc",
             )
