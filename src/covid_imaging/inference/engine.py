@@ -38,7 +38,7 @@ from covid_imaging.imaging.preprocessing import PreprocessingConfig, preprocess_
 from covid_imaging.inference.models import LoadedModel
 from covid_imaging.registry import modalities
 from covid_imaging.segmentation._params import merge_params
-from covid_imaging.segmentation.conventions import head_index, model_conventions
+from covid_imaging.segmentation.conventions import DEFAULT_HEAD, head_index, model_conventions
 from covid_imaging.segmentation.inference import load_native_mask, native_lung_mask
 from covid_imaging.segmentation.metrics import dice_score, iou_score
 from covid_imaging.segmentation.postprocessing import postprocess_probability_map
@@ -282,7 +282,7 @@ class InferenceEngine:
             masks = self._pool.map(
                 lambda item: self._segmentation_outputs(
                     results[item[0]], kept[item[0]], grays[item[0]], item[1][..., self._mask_head(kept[item[0]])],
-                    raw_files, crop_map=item[1][..., 0],
+                    raw_files, crop_map=item[1][..., DEFAULT_HEAD],
                 ),
                 zip(cxr, heads, strict=True),
             )

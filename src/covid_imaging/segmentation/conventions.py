@@ -24,6 +24,8 @@ import numpy as np
 UNSPECIFIED = "unspecified"
 # Target value of the heads an image does not train (not its convention).
 IGNORED = -1.0
+# The output channel that answers for an unknown convention (lung masking, new images).
+DEFAULT_HEAD = 0
 
 
 @keras.saving.register_keras_serializable(package="covid_imaging")
@@ -61,7 +63,7 @@ def model_conventions(model: keras.Model) -> tuple[str, ...]:
 
 def head_index(conventions: Sequence[str], convention: str | None) -> int:
     """The channel that draws ``convention``; the default (first) head for any other."""
-    return list(conventions).index(convention) if convention in conventions else 0
+    return list(conventions).index(convention) if convention in conventions else DEFAULT_HEAD
 
 
 def training_heads(training_conventions: Iterable[str], preferred_order: Sequence[str] = ()) -> tuple[str, ...]:

@@ -81,12 +81,10 @@ def make_segmentation_dataset(
         raise ValueError("Cannot build a segmentation dataset from zero images.")
 
     dataset = tf.data.Dataset.from_tensor_slices((images, masks))
-    if n_heads > 1:
-        if heads is None or len(heads) != len(images):
-            raise ValueError(f"{n_heads} mask-convention heads need one head index per image ({len(images)}).")
-        dataset = tf.data.Dataset.zip((dataset, tf.data.Dataset.from_tensor_slices(np.asarray(heads, np.int32))))
-    else:
-        dataset = tf.data.Dataset.zip((dataset, tf.data.Dataset.from_tensor_slices(np.zeros(len(images), np.int32))))
+    if n_heads > 1 and (heads is None or len(heads) != len(images)):
+        raise ValueError(f"{n_heads} mask-convention heads need one head index per image ({len(images)}).")
+    head_ids = np.asarray(heads if n_heads > 1 else np.zeros(len(images)), np.int32)
+    dataset = tf.data.Dataset.zip((dataset, tf.data.Dataset.from_tensor_slices(head_ids)))
     if shuffle:
         # Shuffling paths (not decoded images) keeps the buffer tiny.
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)

@@ -22,7 +22,12 @@ from covid_imaging.imaging.io import decode_image, to_gray_uint8
 from covid_imaging.imaging.preprocessing import restore_native_size
 from covid_imaging.progress import log_progress
 from covid_imaging.segmentation.augmentation import OPACITY_KINDS, paste_opacity
-from covid_imaging.segmentation.conventions import head_index, model_conventions, select_heads
+from covid_imaging.segmentation.conventions import (
+    UNSPECIFIED,
+    head_index,
+    model_conventions,
+    select_heads,
+)
 from covid_imaging.segmentation.data import make_segmentation_dataset
 from covid_imaging.segmentation.metrics import dice_score, image_metrics, iou_score
 from covid_imaging.segmentation.postprocessing import postprocess_probability_map
@@ -172,7 +177,7 @@ def score_images(
         ):
             fields = {
                 "image_id": row.image_id, "source": row.source,
-                "mask_convention": getattr(row, "mask_convention", "unspecified"),
+                "mask_convention": getattr(row, "mask_convention", UNSPECIFIED),
                 "height": getattr(row, "height", 0), "width": getattr(row, "width", 0),
             }
             group = str(getattr(row, "group_id", row.image_id))

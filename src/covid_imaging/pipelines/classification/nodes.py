@@ -46,6 +46,7 @@ from covid_imaging.registry import (
     modality_of_task,
     with_modality,
 )
+from covid_imaging.segmentation.conventions import DEFAULT_HEAD
 from covid_imaging.segmentation.plots import plot_training_curves
 from covid_imaging.segmentation.postprocessing import postprocess_probability_map
 from covid_imaging.training import seed_everything
@@ -145,8 +146,8 @@ def _predict_lung_masks(
             batch_ids = image_ids[start : start + batch_size]
             grays = [decode_gray(preprocessed_images[f"images/{image_id}"]()) for image_id in batch_ids]
             batch = np.stack([cv2.resize(g, (size, size), interpolation=cv2.INTER_AREA) for g in grays])
-            # Channel 0: the default mask-convention head (segmentation/conventions.py).
-            probabilities = np.asarray(segmentation_model.predict_on_batch(batch[..., None] / 255.0))[..., 0]
+            output = np.asarray(segmentation_model.predict_on_batch(batch[..., None] / 255.0))
+            probabilities = output[..., DEFAULT_HEAD]  # the default mask-convention head
             for gray, probability_map in zip(grays, probabilities, strict=True):
                 yield gray.shape, probability_map
 

@@ -14,7 +14,7 @@ from covid_imaging.compute import ComputeConfig
 from covid_imaging.registry import TASK_MODALITY
 from covid_imaging.segmentation._params import merge_params
 from covid_imaging.segmentation.augmentation import OPACITY_KINDS
-from covid_imaging.segmentation.conventions import head_index, training_heads
+from covid_imaging.segmentation.conventions import UNSPECIFIED, head_index, training_heads
 from covid_imaging.segmentation.data import make_segmentation_dataset
 from covid_imaging.segmentation.inference import Loaders, opacity_transform, score_images
 from covid_imaging.segmentation.metrics import (
@@ -97,7 +97,7 @@ def select_segmentation_images(model_input_table: pd.DataFrame, params: dict[str
             f"No segmentation images (tasks {tasks}, sources {sources or 'all'}, with masks) in split(s) "
             f"{missing}; check segmentation_data and the manifest ({len(model_input_table)} rows)."
         )
-    table["mask_convention"] = [conventions.get(source, "unspecified") for source in table["source"]]
+    table["mask_convention"] = [conventions.get(source, UNSPECIFIED) for source in table["source"]]
     counts = {split: int((table["split"] == split).sum()) for split in SPLITS}
     check_split_sizes(counts, settings["min_images"], settings["recommended_images"])
     logger.info(
