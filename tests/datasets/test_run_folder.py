@@ -21,6 +21,19 @@ def test_saves_a_new_timestamped_folder_each_time(tmp_path):
     assert set(dataset.load()) == {"a.csv"}  # the latest run
 
 
+def test_two_saves_in_one_millisecond_both_keep_their_files(tmp_path, monkeypatch):
+    import covid_imaging.datasets.run_folder as run_folder
+
+    stamps = iter(["2026-01-01T00.00.00.000Z"] * 3 + ["2026-01-01T00.00.00.001Z"])
+    monkeypatch.setattr(run_folder, "generate_timestamp", lambda: next(stamps))
+    dataset = RunFolderDataset(str(tmp_path / "runs"))
+    dataset.save({"a.csv": "first"})
+    dataset.save({"a.csv": "second"})
+    assert dataset.run_folders() == ["2026-01-01T00.00.00.000Z", "2026-01-01T00.00.00.001Z"]
+    assert (tmp_path / "runs" / "2026-01-01T00.00.00.000Z" / "a.csv").read_text() == "first"
+    assert dataset.load()["a.csv"].read_text() == "second"
+
+
 def test_a_failure_mid_save_leaves_nothing(tmp_path):
     dataset = RunFolderDataset(str(tmp_path / "runs"))
 

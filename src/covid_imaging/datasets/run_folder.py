@@ -14,6 +14,7 @@ protocols the files are written directly under the run folder.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -125,12 +126,29 @@ class RunFolderDataset(AbstractDataset[RunFiles, dict[str, Path]]):
                 os.makedirs(os.path.dirname(destination), exist_ok=True)
                 with open(destination, "wb") as handle:
                     handle.write(content)
-            os.rename(staging, target)  # the run folder appears complete, or not at all
+            target = self._publish(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         self.last_run_folder = target
         logger.info("Inference outputs written to %s", target)
+
+    def _publish(self, staging: str, target: str) -> str:
+        """Rename ``staging`` to a run folder name no other save has taken; return it.
+
+        Two saves in one millisecond share a timestamp: the later one waits for the
+        next millisecond's name, so no run is refused or overwritten.
+        """
+        while True:
+            if not os.path.exists(target):
+                try:
+                    os.rename(staging, target)  # the run folder appears complete, or not at all
+                    return target
+                except OSError as error:  # another writer took the name first
+                    if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                        raise
+            time.sleep(0.001)
+            target = f"{self._path}/{generate_timestamp()}"
 
     def _exists(self) -> bool:
         return bool(self.run_folders())
