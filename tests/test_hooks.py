@@ -85,3 +85,34 @@ def test_one_hook_instance_follows_each_runs_tracking_uri(tmp_path, monkeypatch)
                 hook.after_node_run(one, {})
         names = {run.info.run_name for run in mlflow.search_runs(search_all_experiments=True, output_format="list")}
         assert names == {"segmentation", "segmentation.unet"}, project
+
+
+PARALLEL = {"runner": "kedro.runner.parallel_runner.ParallelRunner"}
+
+
+def test_a_declared_memory_dataset_between_nodes_stops_a_parallel_run_before_it_starts():
+    import pytest
+    from kedro.io import DataCatalog, MemoryDataset, SharedMemoryDataCatalog
+
+    from covid_imaging.hooks import MemoryDatasetAcrossProcessesError, ParallelRunnerCatalogCheck
+
+    two_nodes = pipeline([node(_identity, "a", "b", name="first"), node(_identity, "b", "c", name="second")])
+    check = ParallelRunnerCatalogCheck()
+    declared = SharedMemoryDataCatalog({"b": MemoryDataset()})
+    with pytest.raises(MemoryDatasetAcrossProcessesError, match=r"\['b'\]"):
+        check.before_pipeline_run(PARALLEL, two_nodes, declared)
+    # left to the runner's default (shared between processes), or run in one process: no error
+    check.before_pipeline_run(PARALLEL, two_nodes, SharedMemoryDataCatalog({}))
+    check.before_pipeline_run({"runner": "None"}, two_nodes, DataCatalog({"b": MemoryDataset()}))
+
+
+def test_no_registered_pipeline_passes_a_declared_memory_dataset_between_processes(kedro_project):
+    from kedro.framework.project import pipelines
+    from kedro.framework.session import KedroSession
+
+    from covid_imaging.hooks import memory_datasets_crossing_processes
+
+    with KedroSession.create(project_path=kedro_project) as session:
+        catalog = session.load_context().catalog
+    for name, registered in pipelines.items():
+        assert memory_datasets_crossing_processes(registered, catalog) == [], name

@@ -87,6 +87,19 @@ def test_preprocessing_on_a_local_cluster_writes_the_same_images(prepared):
     assert (prepared / "data/05_model_input/synthetic_demo/model_input_table.csv").read_bytes() == table
 
 
+def test_data_preparation_under_parallel_runner_writes_what_the_in_process_run_writes(prepared):
+    """From the demo generator to the model-input table, with every node in a worker
+    process (the splits pass a table between two nodes in memory)."""
+    tables = ("03_primary/synthetic_demo/split_table.csv", "05_model_input/synthetic_demo/model_input_table.csv")
+    in_process = {name: (prepared / "data" / name).read_bytes() for name in tables}
+    images = _images(prepared / "data/04_feature/synthetic_demo/preprocessed")
+    for name in tables:
+        (prepared / "data" / name).unlink()
+    _run_cli(prepared, "--pipelines=data_preparation", "--runner=ParallelRunner", "--runner-params=max_workers=2")
+    assert {name: (prepared / "data" / name).read_bytes() for name in tables} == in_process
+    assert _images(prepared / "data/04_feature/synthetic_demo/preprocessed") == images
+
+
 NAMESPACES = {f"segmentation.{model}" for model in (*SEGMENTATION_MODELS, ENSEMBLE)}
 DASK_RUN = ("--pipelines=segmentation_models", "--runner=covid_imaging.runner.DaskRunner",
             "--params=compute.dask.scheduler_address=local,compute.dask.n_workers=2")

@@ -43,6 +43,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 from kedro.framework.hooks import hook_impl
+from kedro.io import DatasetError, MemoryDataset, SharedMemoryDataset
 from kedro.pipeline import Node
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
@@ -358,4 +359,36 @@ class ModelRunTrackingHook:
     def on_pipeline_error(self) -> None:
         if self._open:
             self._close_runs(RunStatus.to_string(RunStatus.FAILED))
+
+
+class MemoryDatasetAcrossProcessesError(DatasetError):
+    """A declared in-memory dataset would be passed between ParallelRunner's processes."""
+
+
+def memory_datasets_crossing_processes(pipeline, catalog) -> list[str]:
+    """Datasets one node saves and another loads that the catalog declares as a plain
+    ``MemoryDataset``: under ParallelRunner each process would get its own empty copy."""
+    consumed = {name for node in pipeline.nodes for name in node.inputs}
+    return sorted(
+        name for name in pipeline.all_outputs() & consumed
+        if isinstance(catalog.get(name), MemoryDataset) and not isinstance(catalog.get(name), SharedMemoryDataset)
+    )
+
+
+class ParallelRunnerCatalogCheck:
+    """Stops a ParallelRunner run before its first node when a declared ``MemoryDataset``
+    would cross processes (Kedro pickles it into each process, so the consumer would read
+    an empty copy), naming the datasets and the fix."""
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        if "ParallelRunner" not in str(run_params.get("runner") or ""):
+            return
+        crossing = memory_datasets_crossing_processes(pipeline, catalog)
+        if crossing:
+            raise MemoryDatasetAcrossProcessesError(
+                f"{crossing} are declared as MemoryDataset in the catalog but pass between nodes, which "
+                "ParallelRunner runs in separate processes: remove their catalog entries (the runner then "
+                "shares them between processes) or give them a file-backed type"
+            )
 

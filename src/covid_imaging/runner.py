@@ -15,7 +15,7 @@ What crosses workers, as in the guide:
   file system mounted at the same path (workers are started from the project folder;
   checked before the run) or ``abfs://``;
 * memory-only datasets passed from one node to another (``MemoryDataset``, e.g.
-  ``ct_classification.<model>.data``) are published on the scheduler
+  ``grouped_splits``) are published on the scheduler
   (``Client.publish_dataset``) instead of living in one process's memory; a value
   that cannot be sent (unpicklable) fails with an error naming the dataset.
 

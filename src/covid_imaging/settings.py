@@ -22,7 +22,7 @@ CONFIG_LOADER_ARGS = {
     "custom_resolvers": {RESOLVER: resolve_dataset_name, DEMO_RESOLVER: demo_data_enabled},
 }
 
-from covid_imaging.hooks import ModelRunTrackingHook  # noqa: E402
+from covid_imaging.hooks import ModelRunTrackingHook, ParallelRunnerCatalogCheck  # noqa: E402
 
 # Hooks run last-in-first-out; kedro-mlflow's own hook (auto-registered) opens the parent run.
-HOOKS = (ModelRunTrackingHook(),)
+HOOKS = (ModelRunTrackingHook(), ParallelRunnerCatalogCheck())

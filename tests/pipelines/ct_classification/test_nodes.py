@@ -289,7 +289,7 @@ def test_catalog_resolves_every_ct_dataset():
     expected = {
         "model": "TensorFlowModelDataset", "metrics_report": "AtomicCSVDataset", "test_metrics": "JSONDataset",
         "gradcam_overlays": "MatplotlibDataset", "activation_maps": "MatplotlibDataset",
-        "input_metrics": "JSONDataset", "data": "MemoryDataset", "predictions": "AtomicCSVDataset",
+        "input_metrics": "JSONDataset", "data": "JSONDataset", "predictions": "AtomicCSVDataset",
     }
     for output, kind in expected.items():
         assert type(catalog[f"ct_classification.basic_cnn.{output}"]).__name__ == kind
