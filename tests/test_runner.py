@@ -110,6 +110,8 @@ def _assert_one_finished_child_run_per_model(project) -> None:
     # one child run per model, filled from the worker processes and closed by the driver
     assert sorted(r.info.run_name for r in children) == sorted(NAMESPACES)
     assert all(r.info.status == "FINISHED" and "test_dice_post" in r.data.metrics for r in children)
+    # each model's own node time, summed over the nodes that ran in the worker processes
+    assert all(r.data.metrics["node_seconds"] > 0 for r in children)
 
 
 def test_model_pipelines_under_parallel_runner_match_the_in_process_run(prepared):

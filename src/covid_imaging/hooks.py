@@ -59,6 +59,7 @@ TRACKED_NAMESPACE_ROOTS = (*namespace_roots(), "segmentation_cross_source")
 MAX_PARAM_LENGTH = 6000
 RUNS_ENV = "COVID_IMAGING_MLFLOW_RUNS"  # {"tracking_uri": ..., "runs": {namespace: run id}}
 # Runners whose nodes (and hook calls) stay in the driver process; others share pre-created runs.
+NODE_SECONDS = "node_seconds"  # a model's own node time: node_seconds.<node> each, and their sum
 IN_PROCESS_RUNNERS = ("SequentialRunner", "ThreadRunner")
 # Shown as a plain ML experiment in the MLflow 3 UI (not a GenAI one that opens on traces).
 EXPERIMENT_TAGS = {
@@ -115,7 +116,7 @@ class ModelRunTrackingHook:
         self._runs: dict[str, str] = {}
         self._open: dict[str, str] = {}  # namespace -> run id, runs not ended yet
         self._remaining: dict[str, set[str]] = {}  # namespace -> names of its nodes still to run
-        self._durations: dict[str, float] = {}  # namespace -> seconds of its own nodes
+        self._durations: dict[str, float] = {}  # namespace -> seconds of its own nodes (runs ended here)
         self._node_started: dict[str, float] = {}
         self._dataset_name = "unknown"
         self._env = "base"
@@ -271,7 +272,10 @@ class ModelRunTrackingHook:
         namespace, run_id = tracked
         started = self._node_started.pop(node.name, None)
         if started is not None:
-            self._durations[namespace] = self._durations.get(namespace, 0.0) + time.monotonic() - started
+            # logged by the process that ran the node (a ParallelRunner or Dask worker too);
+            # the run's node_seconds is their sum, taken when the run ends
+            self._client.log_metric(run_id, f"{NODE_SECONDS}.{node.name.rsplit('.', 1)[-1]}",
+                                    time.monotonic() - started, int(time.time() * 1000), 0)
         for name, value in outputs.items():
             self._log_output(run_id, name.rsplit(".", 1)[-1], value)
         remaining = self._remaining.get(namespace, set())
@@ -320,9 +324,11 @@ class ModelRunTrackingHook:
     def _end_run(self, namespace: str, status: str) -> None:
         run_id = self._open.pop(namespace)
         client = self._mlflow_client()
-        if namespace in self._durations:  # timed here (not when the nodes ran in other processes)
-            seconds = self._durations[namespace]
-            client.log_metric(run_id, "node_seconds", seconds, int(time.time() * 1000), 0)
+        per_node = [value for key, value in client.get_run(run_id).data.metrics.items()
+                    if key.startswith(f"{NODE_SECONDS}.")]
+        if per_node:
+            seconds = self._durations[namespace] = sum(per_node)
+            client.log_metric(run_id, NODE_SECONDS, seconds, int(time.time() * 1000), 0)
             logger.info("MLflow run '%s' (%s) %s; its nodes took %s", namespace, run_id, status.lower(),
                         format_duration(seconds))
         else:
