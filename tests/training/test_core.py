@@ -98,6 +98,23 @@ def test_best_weights_are_restored_with_and_without_early_stopping(early_stoppin
     assert restored < history["val_loss"][-1] - 1e-3
 
 
+@pytest.mark.parametrize(("epochs", "min_steps", "expected"), [(2, 0, 2), (2, 5, 3), (4, 5, 4)])
+def test_a_small_data_set_trains_for_at_least_min_steps(epochs, min_steps, expected):
+    train, val = _conflicting(n=8)  # 2 batches per epoch
+    _, history = train_classifier(
+        _tiny_classifier(), train, val,
+        {**FAST, "epochs": epochs, "min_steps": min_steps, "early_stopping": {"enabled": False}},
+    )
+    assert len(history["loss"]) == expected  # 5 steps need 3 epochs of 2 batches
+
+
+def test_min_steps_needs_a_dataset_of_known_length():
+    train, val = _conflicting()
+    unknown = train.filter(lambda images, labels: True)  # tf.data cannot count it
+    with pytest.raises(ValueError, match="min_steps"):
+        train_classifier(_tiny_classifier(), unknown, val, {**FAST, "epochs": 1, "min_steps": 3})
+
+
 def test_warmup_raises_the_rate_linearly_per_step_then_holds():
     images = np.zeros((16, 4, 4, 1), np.float32)
     train = tf.data.Dataset.from_tensor_slices((images, np.zeros(16, np.int32))).batch(4)  # 4 steps

@@ -11,6 +11,8 @@ the global Keras dtype policy when it exits. The task wrappers
 loss, metrics and task-specific defaults::
 
     epochs: 50
+    min_steps: 0                    # > 0: more epochs when a small data set gives fewer
+                                    #   optimizer steps than this in ``epochs`` epochs
     optimizer: adam                 # adam | sgd
     learning_rate: null             # null: adam 1e-3, sgd 1e-2
     momentum: 0.8                   # sgd only
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
 import threading
 import time
@@ -61,6 +64,7 @@ _DEFAULT_WEIGHT_DECAY = {"adam": None, "sgd": 1e-4}
 
 CORE_TRAINING_DEFAULTS: dict[str, Any] = {
     "epochs": 50,
+    "min_steps": 0,
     "optimizer": "adam",
     "learning_rate": None,
     "momentum": 0.8,
@@ -102,6 +106,8 @@ def resolve_training_params(
         raise ValueError(f"{where}.jit_compile must be true, false or 'auto', got {resolved['jit_compile']!r}")
     if int(resolved["epochs"]) < 1:
         raise ValueError(f"{where}.epochs must be >= 1, got {resolved['epochs']}")
+    if int(resolved["min_steps"]) < 0:
+        raise ValueError(f"{where}.min_steps must be >= 0, got {resolved['min_steps']}")
     if int(resolved["batchnorm_recompute_batches"]) < 0:
         raise ValueError(f"{where}.batchnorm_recompute_batches must be >= 0, got {resolved['batchnorm_recompute_batches']}")
     if int(resolved["warmup_epochs"]) < 0:
@@ -378,6 +384,18 @@ def compile_model(model: keras.Model, params: Mapping[str, Any], *, loss: Any, m
         )
 
 
+def epochs_for_min_steps(train_ds: tf.data.Dataset, epochs: int, min_steps: int, initial_epoch: int = 0) -> int:
+    """The last epoch to train to: ``epochs``, or later when the phase's
+    ``epochs - initial_epoch`` epochs give fewer than ``min_steps`` optimizer steps
+    (a few dozen images make a handful of batches per epoch)."""
+    if min_steps <= 0:
+        return epochs
+    steps_per_epoch = int(train_ds.cardinality())
+    if steps_per_epoch < 1:  # tf.data's UNKNOWN (-2) or INFINITE (-1) cardinality
+        raise ValueError("training.min_steps needs a training dataset whose number of batches tf.data knows")
+    return max(epochs, initial_epoch + math.ceil(min_steps / steps_per_epoch))
+
+
 def fit_model(
     model: keras.Model,
     train_ds: tf.data.Dataset,
@@ -412,12 +430,13 @@ def fit_model(
         extra_callbacks = [PreciseBatchNorm(train_ds, int(params["batchnorm_recompute_batches"])), *extra_callbacks]
     learning_rates = LearningRateRecorder()
     best_weights = BestWeightsKeeper(monitor)
+    epochs = epochs_for_min_steps(train_ds, int(params["epochs"]), int(params["min_steps"]), int(initial_epoch))
     # one log line per epoch with an ETA, named after the model (``name`` or the Keras model's)
-    extra_callbacks = [*extra_callbacks, EpochProgress(name or model.name, int(params["epochs"]), int(initial_epoch))]
+    extra_callbacks = [*extra_callbacks, EpochProgress(name or model.name, epochs, int(initial_epoch))]
     fit_history = model.fit(
         train_ds,
         validation_data=val_ds,
-        epochs=int(params["epochs"]),
+        epochs=epochs,
         initial_epoch=int(initial_epoch),
         callbacks=_ordered_callbacks(params, monitor, learning_rates, extra_callbacks, best_weights),
         class_weight=dict(class_weight) if class_weight else None,

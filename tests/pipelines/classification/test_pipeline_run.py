@@ -27,6 +27,7 @@ for _model in CLASSIFICATION_MODELS:
     TINY[f"classification.{_model}.evaluation.n_seeds"] = 2 if _model == "simple_cnn_scratch" else 1
     for phase in ("main", "head", "fine_tune"):
         TINY[f"classification.{_model}.training.{phase}.epochs"] = 1
+        TINY[f"classification.{_model}.training.{phase}.min_steps"] = 0  # one epoch, as it says
 
 
 def test_classification_pipeline_on_tiny_demo_set(kedro_project):
