@@ -23,30 +23,26 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from kedro.config import OmegaConfigLoader
-from sklearn.metrics import balanced_accuracy_score
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
 
 from covid_imaging.pipelines.classification.nodes import (
-    _labels,
-    _predict,
-    _rows,
+    split_balanced_accuracy,
     train_classification_model,
 )
-from covid_imaging.settings import CONFIG_LOADER_ARGS
 
 
 def validation_scores(inputs: pd.DataFrame, block: dict, variant: dict, n_seeds: int) -> tuple[list[float], int]:
     """Each seed's validation balanced accuracy, and the validation size."""
     data = {**block["data"], **variant.get("data", {}), "cross_validation": False}
     training = {phase: {**values, **variant.get("training", {})} for phase, values in block["training"].items()}
-    validation = _rows(inputs, data, "validation")
-    scores = []
+    scores, n_validation = [], 0
     for offset in range(n_seeds):
         seeded = {**data, "seed": int(data["seed"]) + offset}
         model, _ = train_classification_model(inputs, block["model"], training, seeded)
-        predicted = _predict(model, validation, seeded).argmax(axis=1)
-        scores.append(float(balanced_accuracy_score(_labels(validation, seeded), predicted)))
-    return scores, len(validation)
+        score, n_validation = split_balanced_accuracy(model, inputs, seeded, "validation")
+        scores.append(score)
+    return scores, n_validation
 
 
 def main() -> None:
@@ -56,12 +52,15 @@ def main() -> None:
     parser.add_argument("--env", default="shared_data")
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
-    parameters = OmegaConfigLoader("conf", env=args.env, **CONFIG_LOADER_ARGS)["parameters"]
-    block = parameters["classification"][args.model]
-    inputs_path = Path(f"data/05_model_input/{args.env}/classification_inputs.csv")
-    if not inputs_path.exists():
-        raise SystemExit(f"{inputs_path}: missing; run `kedro run --pipelines=classification --env={args.env}` first")
-    inputs = pd.read_csv(inputs_path)
+    project = Path(__file__).resolve().parents[1]
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project, env=args.env) as session:
+        context = session.load_context()  # the project's catalog: wherever this environment puts its inputs
+        block = context.params["classification"][args.model]
+        if not context.catalog.exists("classification_inputs"):
+            raise SystemExit(f"classification_inputs of --env={args.env} missing; run "
+                             f"`kedro run --pipelines=classification --env={args.env}` first")
+        inputs = context.catalog.load("classification_inputs")
     for text in args.variants:
         scores, n_validation = validation_scores(inputs, block, json.loads(text), args.seeds)
         spread = np.std(scores, ddof=1) if len(scores) > 1 else float("nan")

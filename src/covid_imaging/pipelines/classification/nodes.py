@@ -382,6 +382,20 @@ def _predict(model: keras.Model, rows: pd.DataFrame, data: dict[str, Any]) -> np
     return np.concatenate([np.asarray(model.predict_on_batch(batch)) for batch in dataset])
 
 
+def split_balanced_accuracy(
+    model: keras.Model, inputs: pd.DataFrame, data: dict[str, Any], split: str = "test"
+) -> tuple[float, int]:
+    """Balanced accuracy of ``model`` on one split of ``inputs`` (the model's classes and
+    image variant), and that split's number of images."""
+    from sklearn.metrics import (
+        balanced_accuracy_score,  # noqa: PLC0415 - scikit-learn is heavy to import
+    )
+
+    rows = _rows(inputs, data, split)
+    predicted = _predict(model, rows, data).argmax(axis=1)
+    return float(balanced_accuracy_score(_labels(rows, data), predicted)), len(rows)
+
+
 def evaluate_classifier(
     model: keras.Model, inputs: pd.DataFrame, data: dict[str, Any], evaluation: dict[str, Any]
 ) -> tuple[pd.DataFrame, dict[str, float], Figure, Figure, pd.DataFrame]:
@@ -482,11 +496,6 @@ def repeat_over_seeds(
     n_seeds = int(evaluation["n_seeds"])
     if n_seeds < 1:
         raise ValueError(f"evaluation.n_seeds must be >= 1, got {n_seeds}")
-    from sklearn.metrics import (
-        balanced_accuracy_score,  # noqa: PLC0415 - scikit-learn is heavy to import
-    )
-
-    test = _rows(inputs, data, "test")
     values = [float(test_metrics["test_balanced_accuracy"])]
     for offset in range(1, n_seeds):
         seeded = {**data, "seed": int(data["seed"]) + offset}
@@ -494,8 +503,7 @@ def repeat_over_seeds(
             model, _ = train_classification_model(inputs, model_params, training, {**seeded, "cross_validation": False})
         else:
             model, _ = transfer_and_fine_tune(inputs, source_model, model_params, training, seeded)
-        predicted = _predict(model, test, seeded).argmax(axis=1)
-        values.append(float(balanced_accuracy_score(_labels(test, seeded), predicted)))
+        values.append(split_balanced_accuracy(model, inputs, seeded, "test")[0])
         logger.info("Seed %d: test balanced accuracy %.3f", seeded["seed"], values[-1])
     result = {
         "n_seeds": float(n_seeds),
