@@ -183,3 +183,18 @@ def test_defaults_keep_real_lungs_that_the_reference_area_deletes(
     # The reference 50,000 px minimum deletes most real Shenzhen lungs.
     assert kept_by_reference_area < 0.25 * lung_pixels
     assert DEFAULT_POSTPROCESSING_PARAMS["area_filter"]["min_area_px"] == 5000
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_hole_filling_equals_scipys_binary_fill_holes(seed) -> None:
+    from scipy.ndimage import binary_fill_holes
+
+    from covid_imaging.segmentation.postprocessing import fill_holes
+
+    rng = np.random.default_rng(seed)
+    # blobs with holes, holes open to the border, diagonal-only gaps (4- vs 8-connectivity)
+    mask = (cv2.GaussianBlur(rng.random((97, 131)).astype(np.float32), (0, 0), 2.0 + seed) > 0.5).astype(np.uint8)
+    mask[rng.random(mask.shape) < 0.02] ^= 1
+    expected = binary_fill_holes(mask).astype(np.uint8)
+    assert expected.sum() > mask.sum()  # every case has holes to fill
+    np.testing.assert_array_equal(fill_holes(mask), expected)
