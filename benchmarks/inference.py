@@ -26,6 +26,7 @@ and no Grad-CAM (``--classifier`` adds an untrained simple CNN on the lung crop)
 Usage:
     python benchmarks/inference.py [--n-images 200] [--native-size 1024] [--batch-sizes 1 32]
     python benchmarks/inference.py --n-images 5000        # the issue's memory run (long)
+    python benchmarks/inference.py --n-images 5000 --native-size 256 --batch-sizes 32 --skip-speed
 No asserts: this script only prints figures. The default run (200 images at 1024 px)
 took 374 CPU-seconds (27 min wall on 2 heavily shared cores).
 """
@@ -165,6 +166,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--classifier", action="store_true", help="add an untrained simple CNN with Grad-CAM")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-speed", action="store_true", help="only the memory runs (N/2 and N images)")
     arguments = parser.parse_args()
 
     parameters = _parameters()
@@ -183,7 +185,7 @@ def main() -> None:
         _whole(engine, dict(list(raw_files.items())[:2]), 2, Path(folder) / "warm", validate=False)
         print("batch | bare predict img/s (CPU s/img) | whole img/s (CPU s/img) | whole+validation img/s | "
               "ratio whole/bare wall (CPU)")
-        for batch_size in arguments.batch_sizes:
+        for batch_size in [] if arguments.skip_speed else arguments.batch_sizes:
             b_wall, b_cpu, n = _bare(models.segmentation.model, raw_files, engine, batch_size)
             w_wall, w_cpu, n_whole = _whole(engine, raw_files, batch_size, Path(folder) / f"out{batch_size}", False)
             v_wall, _, _ = _whole(engine, raw_files, batch_size, Path(folder) / f"val{batch_size}", True)
