@@ -93,12 +93,15 @@ def _models(parameters: dict, with_classifier: bool) -> InferenceModels:
     import keras  # noqa: PLC0415
 
     from covid_imaging.classification.models import build_classifier  # noqa: PLC0415
-    from covid_imaging.segmentation.models import build_segmentation_model  # noqa: PLC0415
+    from covid_imaging.segmentation.models import (  # noqa: PLC0415
+        architecture_options,
+        build_segmentation_model,
+    )
 
     keras.utils.set_random_seed(0)
     registry = load_registry()
     unet = parameters["segmentation"]["unet"]
-    options = {k: v for k, v in unet["model"].items() if k != "builder"}
+    options = architecture_options(unet["model"])
     segmentation = build_segmentation_model("unet", input_size=int(unet["data"]["image_size"]), **options)
     classifiers = ()
     if with_classifier:

@@ -13,7 +13,8 @@ Adding a model means writing one ``build_*`` function and one entry in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import keras
 from keras import layers
@@ -244,6 +245,17 @@ def build_ensemble(members: Sequence[keras.Model], name: str = "ensemble") -> ke
     outputs = [member(image) for member in members]
     average = outputs[0] if len(outputs) == 1 else layers.Average(dtype="float32", name="mean_probability")(outputs)
     return keras.Model(image, MaskConventionHeads(heads.pop(), name="mask_convention_heads")(average), name=name)
+
+
+#: Keys of a segmentation model's parameters block that are not builder arguments:
+#: ``builder`` names the builder, ``convention_heads`` orders the heads that the
+#: training rows' mask conventions select (they become ``mask_conventions``).
+NON_ARCHITECTURE_KEYS = ("builder", "convention_heads")
+
+
+def architecture_options(model_params: Mapping[str, Any]) -> dict[str, Any]:
+    """The builder arguments of a segmentation model's parameters block."""
+    return {key: value for key, value in model_params.items() if key not in NON_ARCHITECTURE_KEYS}
 
 
 def build_segmentation_model(name: str, **kwargs: object) -> keras.Model:

@@ -22,7 +22,11 @@ from covid_imaging.segmentation.metrics import (
     metric_columns,
     summarise_segmentation_metrics,
 )
-from covid_imaging.segmentation.models import build_ensemble, build_segmentation_model
+from covid_imaging.segmentation.models import (
+    architecture_options,
+    build_ensemble,
+    build_segmentation_model,
+)
 from covid_imaging.segmentation.plots import plot_sample_predictions, plot_training_curves
 from covid_imaging.segmentation.training import (
     resolve_segmentation_params,
@@ -138,7 +142,7 @@ def train_segmentation(
     image_size = int(data_params["image_size"])
     train = _split_rows(images, "train", data_params.get("max_train_images"))
     validation = _split_rows(images, "validation", data_params.get("max_validation_images"))
-    architecture = {key: value for key, value in model_params.items() if key not in ("builder", "convention_heads")}
+    architecture = architecture_options(model_params)
     conventions = (
         training_heads(train["mask_convention"], model_params["convention_heads"])
         if model_params.get("convention_heads") else ()
