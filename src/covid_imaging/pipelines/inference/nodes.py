@@ -1,9 +1,9 @@
 """Inference nodes: list and validate new images (ingestion's rules), then apply the models.
 
 ``predict_images`` returns the run folder's contents lazily: one entry per batch of
-images (processed when the run folder dataset writes it, so memory is bounded by a
-batch), then the tables and the report, which are built from the rows the batches
-left behind. The files land in ``<inference.output>/<timestamp>/`` only when all are
+images (processed when the run folder dataset writes it, so the pixels in memory are
+one batch's), then the tables and the report, which are built from the rows and
+thumbnails the batches left behind (about 10 KiB per image). The files land in ``<inference.output>/<timestamp>/`` only when all are
 written (:class:`covid_imaging.datasets.run_folder.RunFolderDataset`).
 """
 
