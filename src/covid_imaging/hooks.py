@@ -371,14 +371,19 @@ class MemoryDatasetAcrossProcessesError(DatasetError):
     """A declared in-memory dataset would be passed between ParallelRunner's processes."""
 
 
-def memory_datasets_crossing_processes(pipeline, catalog) -> list[str]:
-    """Datasets one node saves and another loads that the catalog declares as a plain
-    ``MemoryDataset``: under ParallelRunner each process would get its own empty copy."""
+def memory_datasets_between_nodes(pipeline, catalog) -> list[str]:
+    """Datasets one node of ``pipeline`` saves and another loads that live in one process's
+    memory in ``catalog`` (``MemoryDataset``): what a runner with several processes or
+    machines must share itself (the Dask runner publishes them on its scheduler)."""
     consumed = {name for node in pipeline.nodes for name in node.inputs}
-    return sorted(
-        name for name in pipeline.all_outputs() & consumed
-        if isinstance(catalog.get(name), MemoryDataset) and not isinstance(catalog.get(name), SharedMemoryDataset)
-    )
+    return sorted(name for name in pipeline.all_outputs() & consumed if isinstance(catalog.get(name), MemoryDataset))
+
+
+def memory_datasets_crossing_processes(pipeline, catalog) -> list[str]:
+    """Those declared as a plain ``MemoryDataset`` (not ParallelRunner's shared kind):
+    under ParallelRunner each process would get its own empty copy."""
+    return [name for name in memory_datasets_between_nodes(pipeline, catalog)
+            if not isinstance(catalog.get(name), SharedMemoryDataset)]
 
 
 class ParallelRunnerCatalogCheck:

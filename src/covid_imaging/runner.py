@@ -34,12 +34,12 @@ from dataclasses import replace
 from itertools import chain
 from typing import Any
 
-from kedro.io import AbstractDataset, DatasetError, MemoryDataset
+from kedro.io import AbstractDataset, DatasetError
 from kedro.runner import AbstractRunner
 from kedro.runner.task import Task
 
 from covid_imaging.compute import ComputeConfig
-from covid_imaging.hooks import RUNS_ENV
+from covid_imaging.hooks import RUNS_ENV, memory_datasets_between_nodes
 
 
 class DistributedDatasetError(DatasetError):
@@ -146,10 +146,8 @@ class DaskRunner(AbstractRunner):
 
     @staticmethod
     def _share_memory_datasets(pipeline, catalog) -> None:
-        consumed = set(chain.from_iterable(node.inputs for node in pipeline.nodes))
-        for name in sorted(pipeline.all_outputs() & consumed):
-            if isinstance(catalog.get(name), MemoryDataset):
-                catalog[name] = _DaskDataset(name)
+        for name in memory_datasets_between_nodes(pipeline, catalog):
+            catalog[name] = _DaskDataset(name)
 
     def _run(self, pipeline, catalog, hook_manager=None, run_id: str | None = None) -> None:
         from distributed import as_completed  # noqa: PLC0415
