@@ -46,6 +46,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,11 +61,12 @@ from covid_imaging.inference.engine import (  # noqa: E402
 )
 from covid_imaging.inference.models import LoadedModel  # noqa: E402
 from covid_imaging.pipelines.inference.nodes import (  # noqa: E402
-    _LazyRun,
+    SpooledRun,
     ingestion_params,
     resolve_inference_params,
+    run_folder_contents,
 )
-from covid_imaging.pipelines.ingestion.nodes import build_manifest  # noqa: E402
+from covid_imaging.pipelines.ingestion.nodes import REJECTED_COLUMNS, build_manifest  # noqa: E402
 from covid_imaging.registry import load_registry  # noqa: E402
 
 
@@ -121,24 +123,19 @@ def _engine(models: InferenceModels, parameters: dict, gradcam: bool) -> Inferen
 
 
 def _whole(engine, raw_files, batch_size: int, out: Path, validate: bool) -> tuple[float, float, int]:
-    """(wall s, CPU s, images) of listing + predicting + writing one run folder."""
-    from covid_imaging.inference.outputs import predictions_table  # noqa: PLC0415
-
+    """(wall s, CPU s, images) of listing + predicting + writing one run folder (tables and report)."""
     wall, cpu = time.perf_counter(), _cpu()
     params = resolve_inference_params({"source": "bench", "ingestion": {"n_workers": 2}})
     if validate:
         manifest, _ = build_manifest(raw_files, ingestion_params(params))
     else:  # the manifest rows alone, without ingestion's decoding pass
         manifest = _manifest_rows(raw_files)
-    run = _LazyRun(manifest, raw_files, engine, batch_size)
-    contents = {f"batch {i}": (lambda i=i: run.batch_files(i)) for i in range(len(run.starts))}
-    contents["predictions.csv"] = lambda: (run.finish(), predictions_table([r.row for r in run.results]).to_csv(index=False))[1]
-    RunFolderDataset(str(out)).save(contents)
-    return time.perf_counter() - wall, _cpu() - cpu, len(run.results)
+    run = SpooledRun(manifest, raw_files, engine, batch_size)
+    RunFolderDataset(str(out)).save(run_folder_contents(run, pd.DataFrame(columns=REJECTED_COLUMNS), engine.models, params))
+    return time.perf_counter() - wall, _cpu() - cpu, run.n_images
 
 
 def _manifest_rows(raw_files) -> object:
-    import pandas as pd  # noqa: PLC0415
 
     keys = sorted(raw_files)
     return pd.DataFrame({"image_id": [k.rsplit(".", 1)[0] for k in keys], "image_key": keys, "image_uri": keys,

@@ -47,6 +47,34 @@ def test_a_failure_mid_save_leaves_nothing(tmp_path):
     assert os.listdir(tmp_path / "runs") == []
 
 
+def test_a_file_given_as_an_iterator_is_written_piece_by_piece(tmp_path):
+    written = []
+
+    def rows():  # a table larger than memory arrives in pieces
+        for i in range(3):
+            written.append(i)
+            yield f"row {i}\n"
+        yield b"end\n"
+
+    dataset = RunFolderDataset(str(tmp_path / "runs"))
+    dataset.save({"table.csv": rows, "after.txt": "x"})
+    assert dataset.load()["table.csv"].read_text() == "row 0\nrow 1\nrow 2\nend\n"
+    assert written == [0, 1, 2]
+
+
+def test_an_iterator_failing_midway_leaves_nothing(tmp_path):
+    from kedro.io import DatasetError
+
+    def rows():
+        yield "row 0\n"
+        raise OSError("disk full")
+
+    dataset = RunFolderDataset(str(tmp_path / "runs"))
+    with pytest.raises(DatasetError, match="disk full"):
+        dataset.save({"a.csv": "x", "table.csv": rows})
+    assert os.listdir(tmp_path / "runs") == []
+
+
 def test_rejects_paths_outside_the_run_folder(tmp_path):
     from kedro.io import DatasetError
 

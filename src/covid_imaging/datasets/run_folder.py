@@ -4,7 +4,9 @@
 callable returning either; callables are called one at a time, in the mapping's order,
 so memory stays bounded by one entry; a callable may also return a mapping of further
 ``relative path -> bytes | str`` entries, written in its place, its own key being only a
-label: a batch of images whose file names are known once it is processed) into a hidden sibling folder
+label: a batch of images whose file names are known once it is processed; or an iterator
+of bytes/str pieces, written one after another into that one file: a table or a report
+larger than memory) into a hidden sibling folder
 ``.<timestamp>.swap-<host>-<pid>-<random>`` and renames it to ``<timestamp>`` when every
 file is written: a killed run never leaves a half-written run folder under its final
 name, and the hidden folders of killed writers are removed by the next save. Timestamps
@@ -31,7 +33,7 @@ from covid_imaging.datasets.swapped_partitions import _SIDE_FOLDER, _is_orphan, 
 
 logger = logging.getLogger(__name__)
 Content = bytes | str
-RunFiles = Mapping[str, Content | Callable[[], Content | Mapping[str, Content]]]
+RunFiles = Mapping[str, Content | Callable[[], Content | Mapping[str, Content] | Iterator[Content]]]
 
 
 def _as_bytes(value: Any, key: str) -> bytes:
@@ -50,15 +52,23 @@ def _safe_relative(key: str) -> str:
     return str(path)
 
 
-def _entries(data: RunFiles) -> Iterator[tuple[str, bytes]]:
-    """``(relative path, bytes)`` in order, expanding callables that return mappings."""
+def _entries(data: RunFiles) -> Iterator[tuple[str, Iterator[bytes]]]:
+    """``(relative path, its bytes piece by piece)`` in order, expanding callables that
+    return mappings (several files) or iterators (one file in pieces)."""
     for key, value in data.items():
         value = value() if callable(value) else value
         if isinstance(value, Mapping):
             for inner_key, inner in value.items():
-                yield _safe_relative(inner_key), _as_bytes(inner, inner_key)
+                yield _safe_relative(inner_key), iter([_as_bytes(inner, inner_key)])
+        elif isinstance(value, Iterator):
+            yield _safe_relative(key), (_as_bytes(piece, key) for piece in value)
         else:
-            yield _safe_relative(key), _as_bytes(value, key)
+            yield _safe_relative(key), iter([_as_bytes(value, key)])
+
+
+def _write(handle: Any, pieces: Iterator[bytes]) -> None:
+    for piece in pieces:
+        handle.write(piece)
 
 
 def remove_orphaned_run_folders(root: str) -> list[str]:
@@ -112,8 +122,9 @@ class RunFolderDataset(AbstractDataset[RunFiles, dict[str, Path]]):
         name = generate_timestamp()
         target = f"{self._path}/{name}"
         if not self._is_local:
-            for key, content in _entries(data):
-                self._fs.pipe_file(f"{target}/{key}", content)
+            for key, pieces in _entries(data):
+                with self._fs.open(f"{target}/{key}", "wb") as handle:
+                    _write(handle, pieces)
             self.last_run_folder = target
             return
         os.makedirs(self._path, exist_ok=True)
@@ -121,11 +132,11 @@ class RunFolderDataset(AbstractDataset[RunFiles, dict[str, Path]]):
         staging = os.path.join(self._path, _side_name(name, "swap"))
         os.mkdir(staging)
         try:
-            for relative, content in _entries(data):
+            for relative, pieces in _entries(data):
                 destination = os.path.join(staging, relative)
                 os.makedirs(os.path.dirname(destination), exist_ok=True)
                 with open(destination, "wb") as handle:
-                    handle.write(content)
+                    _write(handle, pieces)
             target = self._publish(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,13 +20,22 @@ LEADING_COLUMNS = [
 ]
 
 
+def predictions_columns(present: Iterable[str]) -> list[str]:
+    """The column order of the predictions table: the known columns first (those present),
+    then the others (each classifier's) in the order given; with none, the first six."""
+    present = list(dict.fromkeys(present))
+    if not present:
+        return LEADING_COLUMNS[:6]
+    leading = [c for c in LEADING_COLUMNS if c in present]
+    return leading + [c for c in present if c not in leading]
+
+
 def predictions_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """One row per image: the known columns first (when present), then each classifier's."""
     table = pd.DataFrame(list(rows))
     if table.empty:
         return pd.DataFrame(columns=LEADING_COLUMNS[:6])
-    leading = [c for c in LEADING_COLUMNS if c in table.columns]
-    return table[leading + [c for c in table.columns if c not in leading]]
+    return table[predictions_columns(table.columns)]
 
 
 def external_segmentation_tables(predictions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame] | None:

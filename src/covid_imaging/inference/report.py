@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -83,30 +83,21 @@ def _flags_html(flags: Any) -> str:
     return "".join(f'<span class="flag">{html.escape(name)}</span>' for name in names)
 
 
-def render_report(
-    predictions: pd.DataFrame,
-    thumbnails: Mapping[str, str],
-    model_versions: Mapping[str, str],
-    class_counts: Mapping[str, Mapping[str, int]],
-    qc_counts: Mapping[str, int],
-    rejected: pd.DataFrame,
-    classifier_names: Sequence[str],
-    source: str,
-    title: str = "Inference report",
-) -> str:
-    """The report as one HTML string."""
+def _columns(present: Collection[str], classifier_names: Sequence[str]) -> list[tuple[str, str]]:
+    """``(column, header)`` of the image table, for the prediction columns present."""
     columns: list[tuple[str, str]] = [("image_id", "image"), ("source", "source"), ("modality", "modality")]
-    if "lung_area_fraction" in predictions.columns:
+    if "lung_area_fraction" in present:
         columns += [("lung_area_fraction", "lung area (share)"), ("right_lung_area_px", "right lung (px)"),
                     ("left_lung_area_px", "left lung (px)"), ("qc_flags", "QC flags")]
-    if "dice_native" in predictions.columns:
+    if "dice_native" in present:
         columns += [("dice_native", "Dice vs given mask")]
     for name in classifier_names:
-        if f"{name}.prediction" in predictions.columns:
+        if f"{name}.prediction" in present:
             columns += [(f"{name}.prediction", f"{name}: class"), (f"{name}.probability", f"{name}: probability")]
-    header = "<th>thumbnail</th>" + "".join(
-        f'<th data-key="{html.escape(key)}">{html.escape(label)}</th>' for key, label in columns
-    )
+    return columns
+
+
+def _image_rows(predictions: pd.DataFrame, thumbnails: Mapping[str, str], columns: list[tuple[str, str]]) -> str:
     body = []
     for row in predictions.to_dict("records"):
         thumb = thumbnails.get(str(row["image_id"]), "")
@@ -115,6 +106,28 @@ def render_report(
             value = row.get(key)
             cells.append(_cell(value, _flags_html(value) if key == "qc_flags" and "qc_flags" in row else None))
         body.append(f'<tr data-image-id="{html.escape(str(row["image_id"]))}">{"".join(cells)}</tr>')
+    return "".join(body)
+
+
+def report_pieces(
+    chunks: Iterable[tuple[pd.DataFrame, Mapping[str, str]]],
+    present_columns: Collection[str],
+    n_images: int,
+    model_versions: Mapping[str, str],
+    class_counts: Mapping[str, Mapping[str, int]],
+    qc_counts: Mapping[str, int],
+    rejected: pd.DataFrame,
+    classifier_names: Sequence[str],
+    source: str,
+    title: str = "Inference report",
+) -> Iterator[str]:
+    """The report in pieces, one per chunk of ``(predictions rows, their thumbnails)``, so a
+    run of any size is written without holding its whole table and thumbnails in memory.
+    ``present_columns``: every prediction column of the run (chunks may lack some)."""
+    columns = _columns(present_columns, classifier_names)
+    header = "<th>thumbnail</th>" + "".join(
+        f'<th data-key="{html.escape(key)}">{html.escape(label)}</th>' for key, label in columns
+    )
     model_rows = "".join(
         f"<tr><td>{html.escape(ns)}</td><td>{html.escape(str(version))}</td></tr>" for ns, version in model_versions.items()
     )
@@ -129,8 +142,8 @@ def render_report(
         f"<tr><td>{html.escape(str(r['file']))}</td><td>{html.escape(str(r['reason']))}</td></tr>"
         for r in rejected.to_dict("records")
     )
-    summary = {"images": len(predictions), "rejected": int(len(rejected))}
-    return f"""<!DOCTYPE html>
+    summary = {"images": int(n_images), "rejected": int(len(rejected))}
+    yield f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{_STYLE}</style></head>
 <body>
@@ -141,8 +154,29 @@ def render_report(
 <section><h2>Predicted classes</h2>{count_sections or "<p>No classifier was applied.</p>"}</section>
 <section><h2>QC flags</h2><table id="qc"><tr><th>flag</th><th>images</th></tr>{qc_rows}</table></section>
 <section><h2>Images</h2><p>Click a column header to sort.</p>
-<table id="predictions"><thead><tr>{header}</tr></thead><tbody>{"".join(body)}</tbody></table></section>
+<table id="predictions"><thead><tr>{header}</tr></thead><tbody>"""
+    for predictions, thumbnails in chunks:
+        yield _image_rows(predictions, thumbnails, columns)
+    yield f"""</tbody></table></section>
 <section><h2>Files not used</h2><table id="rejected"><tr><th>file</th><th>reason</th></tr>{rejected_rows}</table></section>
 <script>{_SCRIPT}</script>
 </body></html>
 """
+
+
+def render_report(
+    predictions: pd.DataFrame,
+    thumbnails: Mapping[str, str],
+    model_versions: Mapping[str, str],
+    class_counts: Mapping[str, Mapping[str, int]],
+    qc_counts: Mapping[str, int],
+    rejected: pd.DataFrame,
+    classifier_names: Sequence[str],
+    source: str,
+    title: str = "Inference report",
+) -> str:
+    """The report as one HTML string (a run that fits in memory)."""
+    return "".join(report_pieces(
+        [(predictions, thumbnails)], list(predictions.columns), len(predictions), model_versions, class_counts,
+        qc_counts, rejected, classifier_names, source, title,
+    ))

@@ -2,16 +2,22 @@
 
 ``predict_images`` returns the run folder's contents lazily: one entry per batch of
 images (processed when the run folder dataset writes it, so the pixels in memory are
-one batch's), then the tables and the report, which are built from the rows and
-thumbnails the batches left behind (about 10 KiB per image). The files land in ``<inference.output>/<timestamp>/`` only when all are
-written (:class:`covid_imaging.datasets.run_folder.RunFolderDataset`).
+one batch's), then the tables and the report, written batch by batch from what each
+batch left in a spool on disk (rows, probabilities, thumbnails): memory does not grow
+with the number of images. The files land in ``<inference.output>/<timestamp>/`` only
+when all are written (:class:`covid_imaging.datasets.run_folder.RunFolderDataset`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+import os
+import pickle
+import shutil
+import tempfile
+import weakref
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pandas as pd
@@ -28,10 +34,10 @@ from covid_imaging.inference.outputs import (
     class_counts,
     external_classification_table,
     external_segmentation_tables,
-    predictions_table,
+    predictions_columns,
     qc_counts,
 )
-from covid_imaging.inference.report import render_report
+from covid_imaging.inference.report import report_pieces
 from covid_imaging.pipelines.ingestion.nodes import REJECTED_COLUMNS, build_manifest
 from covid_imaging.registry import load_registry
 from covid_imaging.segmentation._params import merge_params
@@ -150,35 +156,136 @@ def _settings(params: Mapping[str, Any], preprocessing: Mapping[str, Any], lung_
     )
 
 
-class _LazyRun:
-    """Processes the manifest batch by batch, in order, as the run folder asks for it."""
+class SpooledRun:
+    """Processes the manifest batch by batch, in order, as the run folder asks for it.
+
+    What the tables and the report need of each image (its row, class probabilities and
+    thumbnail, a few KiB) goes to a spool on disk, one pickle per batch, and is read back
+    one batch at a time: memory stays one batch's whatever the number of images. The
+    spool is a temporary folder (``TMPDIR``), removed when the run is written or dropped.
+    """
 
     def __init__(self, manifest: pd.DataFrame, raw_files: Loaders, engine: InferenceEngine, batch_size: int) -> None:
         self.manifest, self.raw_files, self.engine = manifest, raw_files, engine
         self.starts = list(range(0, len(manifest), batch_size))
         self.batch_size = batch_size
         self.done = 0
-        self.results: list[ImageResult] = []
+        self.n_images = 0
+        self.columns: dict[str, None] = {}  # every row's columns, in order of first appearance
         self.rejected: list[dict[str, str]] = []
+        self.spool = tempfile.mkdtemp(prefix="covid-imaging-inference-")
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self.spool, True)
 
     def batch_files(self, index: int) -> dict[str, bytes]:
         if index != self.done:
             raise RuntimeError(f"batch {index} requested before batch {self.done}")
         start = self.starts[index]
         results, rejected = self.engine.process(self.manifest.iloc[start : start + self.batch_size], self.raw_files)
-        self.done += 1
         self.rejected.extend(rejected)
         files: dict[str, bytes] = {}
         for result in results:
             files.update(result.files)
             result.files = {}  # written: only the row, probabilities and thumbnail stay
-        self.results.extend(results)
+            self.columns.update(dict.fromkeys(result.row))
+        with open(self._chunk_path(index), "wb") as handle:
+            pickle.dump(results, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        self.done += 1
+        self.n_images += len(results)
         logger.info("Inference: %d / %d images", min(start + self.batch_size, len(self.manifest)), len(self.manifest))
         return files
+
+    def _chunk_path(self, index: int) -> str:
+        return os.path.join(self.spool, f"{index:06d}.pickle")
 
     def finish(self) -> None:
         while self.done < len(self.starts):
             self.batch_files(self.done)
+
+    def chunks(self) -> Iterator[list[ImageResult]]:
+        """Each batch's results (rows, probabilities, thumbnails), one batch in memory at a time."""
+        self.finish()
+        for index in range(len(self.starts)):
+            with open(self._chunk_path(index), "rb") as handle:
+                yield pickle.load(handle)
+
+    def predictions_columns(self) -> list[str]:
+        return predictions_columns(self.columns)
+
+    def prediction_chunks(self) -> Iterator[tuple[pd.DataFrame, dict[str, str]]]:
+        """Each batch's predictions rows (every column of the run) and thumbnails by image id."""
+        columns = self.predictions_columns()
+        for results in self.chunks():
+            rows = pd.DataFrame([r.row for r in results]).reindex(columns=columns)
+            yield rows, {str(r.row["image_id"]): r.thumbnail for r in results}
+
+    def close(self) -> None:
+        self._cleanup()
+
+
+def run_folder_contents(
+    run: SpooledRun, rejected_files: pd.DataFrame, models: InferenceModels, params: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The run folder's entries, each made when written: the batches' image files, then
+    ``predictions.csv``, ``rejected_files.csv``, the external metrics, ``models.json`` and
+    ``report.html``; the table and the report are written batch by batch from the spool."""
+    evaluation = params["evaluation"]
+
+    def rejected() -> pd.DataFrame:
+        run.finish()
+        return pd.concat([rejected_files, pd.DataFrame(run.rejected, columns=REJECTED_COLUMNS)], ignore_index=True)
+
+    def predictions_csv() -> Iterator[str]:
+        for index, (rows, _) in enumerate(run.prediction_chunks()):
+            yield rows.to_csv(index=False, header=index == 0)
+        if not run.starts:
+            yield pd.DataFrame(columns=run.predictions_columns()).to_csv(index=False)
+
+    def external() -> dict[str, bytes]:
+        files = {}
+        scored = [rows.loc[rows["dice_native"].notna(), ["image_id", "source", "dice_native", "iou_native"]]
+                  for rows, _ in run.prediction_chunks() if "dice_native" in rows.columns]
+        segmentation_tables = external_segmentation_tables(pd.concat(scored, ignore_index=True)) if scored else None
+        if segmentation_tables is not None:
+            per_image, summary = segmentation_tables
+            files["external_segmentation_metrics.csv"] = summary.to_csv(index=False).encode("utf-8")
+            files["external_segmentation_per_image.csv"] = per_image.to_csv(index=False).encode("utf-8")
+        classes = {str(c) for model in models.classifiers for c in model.spec.classes}
+        labelled = [  # what the classification metrics need of a labelled image: label, source, probabilities
+            ImageResult(row={"label": r.row.get("label"), "source": r.row.get("source", "")}, probabilities=r.probabilities)
+            for results in run.chunks() for r in results if r.probabilities and str(r.row.get("label")) in classes
+        ]
+        classification = external_classification_table(
+            labelled, models, int(evaluation["n_bootstrap"]), float(evaluation["confidence"]), int(evaluation["seed"])
+        )
+        if classification is not None:
+            files["external_classification_metrics.csv"] = classification.to_csv(index=False).encode("utf-8")
+        return files
+
+    def models_json() -> str:
+        return json.dumps({"models": models.versions(), "source": params["source"], "layout": params["layout"]}, indent=2)
+
+    def report_html() -> Iterator[str]:
+        predicted: dict[str, dict[str, int]] = {}
+        flagged: dict[str, int] = {}
+        for rows, _ in run.prediction_chunks():
+            for namespace, counts in class_counts(rows, models).items():
+                totals = predicted.setdefault(namespace, dict.fromkeys(counts, 0))
+                for cls, n in counts.items():
+                    totals[cls] += n
+            for flag, n in qc_counts(rows).items():
+                flagged[flag] = flagged.get(flag, 0) + n
+        if not run.starts:
+            predicted, flagged = class_counts(pd.DataFrame(), models), qc_counts(pd.DataFrame())
+        yield from report_pieces(
+            run.prediction_chunks(), run.predictions_columns(), run.n_images, models.versions(), predicted, flagged,
+            rejected(), [m.spec.name for m in models.classifiers], str(params["source"]), str(params["report"]["title"]),
+        )
+        run.close()
+
+    contents: dict[str, Any] = {f"batch {i:06d}": (lambda i=i: run.batch_files(i)) for i in range(len(run.starts))}
+    contents |= {"predictions.csv": predictions_csv, "rejected_files.csv": lambda: rejected().to_csv(index=False),
+                 "external metrics": external, "models.json": models_json, "report.html": report_html}
+    return contents
 
 
 def predict_images(
@@ -198,53 +305,8 @@ def predict_images(
     params = resolve_inference_params(params)
     models = select_models(model_store, params)
     engine = InferenceEngine(models, _settings(params, preprocessing, lung_masking, segmentation, segmentation_data))
-    run = _LazyRun(manifest, raw_files, engine, int(params["batch_size"]))
-    evaluation = params["evaluation"]
-    state: dict[str, Any] = {}
-
-    def tables() -> dict[str, Any]:
-        if not state:
-            run.finish()
-            state["predictions"] = predictions_table([r.row for r in run.results])
-            state["rejected"] = pd.concat([rejected_files, pd.DataFrame(run.rejected, columns=REJECTED_COLUMNS)],
-                                          ignore_index=True)
-        return state
-
-    def predictions_csv() -> bytes:
-        return tables()["predictions"].to_csv(index=False).encode("utf-8")
-
-    def rejected_csv() -> bytes:
-        return tables()["rejected"].to_csv(index=False).encode("utf-8")
-
-    def external() -> dict[str, bytes]:
-        files = {}
-        segmentation_tables = external_segmentation_tables(tables()["predictions"])
-        if segmentation_tables is not None:
-            per_image, summary = segmentation_tables
-            files["external_segmentation_metrics.csv"] = summary.to_csv(index=False).encode("utf-8")
-            files["external_segmentation_per_image.csv"] = per_image.to_csv(index=False).encode("utf-8")
-        classification = external_classification_table(
-            run.results, models, int(evaluation["n_bootstrap"]), float(evaluation["confidence"]), int(evaluation["seed"])
-        )
-        if classification is not None:
-            files["external_classification_metrics.csv"] = classification.to_csv(index=False).encode("utf-8")
-        return files
-
-    def models_json() -> str:
-        return json.dumps({"models": models.versions(), "source": params["source"], "layout": params["layout"]}, indent=2)
-
-    def report_html() -> str:
-        predictions = tables()["predictions"]
-        return render_report(
-            predictions, {str(r.row["image_id"]): r.thumbnail for r in run.results}, models.versions(),
-            class_counts(predictions, models), qc_counts(predictions), tables()["rejected"],
-            [m.spec.name for m in models.classifiers], str(params["source"]), str(params["report"]["title"]),
-        )
-
-    contents: dict[str, Any] = {f"batch {i:06d}": (lambda i=i: run.batch_files(i)) for i in range(len(run.starts))}
-    contents |= {"predictions.csv": predictions_csv, "rejected_files.csv": rejected_csv, "external metrics": external,
-                 "models.json": models_json, "report.html": report_html}
-    return contents
+    run = SpooledRun(manifest, raw_files, engine, int(params["batch_size"]))
+    return run_folder_contents(run, rejected_files, models, params)
 
 
 def log_inference_pyfunc(
