@@ -131,10 +131,22 @@ def _check_common_args(n_classes: int, input_size: int, channels: int, min_size:
 # --------------------------------------------------------------------- small CNNs
 
 
-def _conv_pool_blocks(x, filters: Sequence[int], dropout: float = 0.0):
-    """``len(filters)`` x [3x3 ReLU Conv2D -> 2x2 MaxPool (-> Dropout when ``dropout``)]."""
+def _relu_layer(x, layer: keras.layers.Layer, batchnorm: bool, name: str):
+    """``layer`` with ReLU, or ``layer`` (no bias) -> BatchNorm -> ReLU when ``batchnorm``."""
+    if not batchnorm:
+        return layer(x)
+    x = layer(x)
+    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    return keras.layers.Activation("relu", name=f"{name}_relu")(x)
+
+
+def _conv_pool_blocks(x, filters: Sequence[int], dropout: float = 0.0, batchnorm: bool = False):
+    """``len(filters)`` x [3x3 ReLU Conv2D -> 2x2 MaxPool (-> Dropout when ``dropout``)];
+    with ``batchnorm`` each conv is followed by BatchNorm before its ReLU."""
     for index, n_filters in enumerate(filters, start=1):
-        x = keras.layers.Conv2D(n_filters, 3, padding="same", activation="relu", name=f"conv{index}")(x)
+        conv = keras.layers.Conv2D(n_filters, 3, padding="same", activation=None if batchnorm else "relu",
+                                   use_bias=not batchnorm, name=f"conv{index}")
+        x = _relu_layer(x, conv, batchnorm, f"conv{index}")
         x = keras.layers.MaxPooling2D(2, name=f"pool{index}")(x)
         if dropout:
             x = keras.layers.Dropout(dropout, name=f"conv_dropout{index}")(x)
@@ -182,6 +194,7 @@ def build_basic_cnn(
     dense_dropout: float = 0.5,
     n_dense_with_dropout: int = 4,
     n_dense: int = 3,
+    batchnorm: bool = False,
     weights: WeightsSpec = None,
 ) -> keras.Model:
     """The CT study's basic CNN (reference input 32 x 32).
@@ -190,14 +203,18 @@ def build_basic_cnn(
     ``n_dense_with_dropout`` x [Dense ``dense_units`` ReLU -> Dropout], ``n_dense`` x
     Dense ``dense_units`` ReLU, and the output: with two classes one sigmoid unit (the
     reference; binary cross-entropy), exposed as ``[1 - p, p]``; with more, a softmax.
-    Defaults are the reference's 3 blocks, 4 + 3 dense layers of 512.
+    Defaults are the reference's 3 blocks, 4 + 3 dense layers of 512. ``batchnorm``
+    (not in the reference) puts BatchNorm between every conv or dense layer and its ReLU:
+    without it the seven dense layers stay at the initial loss on a few hundred slices.
     """
     _check_common_args(n_classes, input_size, channels, min_size=2 ** len(filters))
     inputs = _image_input(input_size, channels)
-    x = _conv_pool_blocks(inputs, filters, conv_dropout)
+    x = _conv_pool_blocks(inputs, filters, conv_dropout, batchnorm)
     x = keras.layers.Flatten(name="flatten")(x)
     for index in range(1, n_dense_with_dropout + n_dense + 1):
-        x = keras.layers.Dense(dense_units, activation="relu", name=f"dense{index}")(x)
+        dense = keras.layers.Dense(dense_units, activation=None if batchnorm else "relu", use_bias=not batchnorm,
+                                   name=f"dense{index}")
+        x = _relu_layer(x, dense, batchnorm, f"dense{index}")
         if index <= n_dense_with_dropout:
             x = keras.layers.Dropout(dense_dropout, name=f"dense_dropout{index}")(x)
     if n_classes == 2:
@@ -216,12 +233,15 @@ def build_alexnet(
     channels: int = 1,
     dense_units: int = 4096,
     dropout: float = 0.5,
+    batchnorm_all: bool = False,
     weights: WeightsSpec = None,
 ) -> keras.Model:
     """AlexNet written with Keras layers (reference input 227 x 227).
 
-    Batch normalisation stands in for the original local response normalisation, and
-    "same" padding lets the network accept small inputs (32 px upwards).
+    Batch normalisation stands in for the original local response normalisation (after
+    conv1 and conv2; ``batchnorm_all``: after every conv and fc layer, which a few hundred
+    images from random weights need), and "same" padding lets the network accept small
+    inputs (32 px upwards).
     """
     _check_common_args(n_classes, input_size, channels, min_size=32)
     inputs = _image_input(input_size, channels)
@@ -242,13 +262,15 @@ def build_alexnet(
             activation="relu",
             name=f"conv{index}",
         )(x)
-        if index <= 2:
+        if index <= 2 or batchnorm_all:
             x = keras.layers.BatchNormalization(name=f"norm{index}")(x)
         if pool:
             x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name=f"pool{index}")(x)
     x = keras.layers.Flatten(name="flatten")(x)
     for index in (6, 7):
-        x = keras.layers.Dense(dense_units, activation="relu", name=f"fc{index}")(x)
+        dense = keras.layers.Dense(dense_units, activation=None if batchnorm_all else "relu",
+                                   use_bias=not batchnorm_all, name=f"fc{index}")
+        x = _relu_layer(x, dense, batchnorm_all, f"fc{index}")
         x = keras.layers.Dropout(dropout, name=f"dropout{index}")(x)
     outputs = keras.layers.Dense(n_classes, activation="softmax", name=CLASSIFIER_LAYER_NAME)(x)
     return _load_custom_model_weights(keras.Model(inputs, outputs, name="alexnet"), weights)

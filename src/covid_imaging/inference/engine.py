@@ -9,9 +9,9 @@ pipeline's ``mask_lungs`` makes it, or the whole image) with a Grad-CAM overlay.
 Models only ever see images of their own modality (``registry`` guard), so a CT slice
 goes to the CT classifiers and never to the X-ray segmentation model or classifiers.
 
-Memory is one batch plus about 10 KiB per image: nothing of an image is kept once its
-files are produced, except its row of the predictions table and a small thumbnail
-(benchmarks/inference.py: 39.9 MiB traced for 2,500 images, 66.4 MiB for 5,000).
+Nothing of an image is kept in memory once its files are produced: its row of the
+predictions table, its class probabilities and its report thumbnail go to the run's
+spool on disk (``pipelines/inference/nodes.SpooledRun``), so memory is one batch's.
 """
 
 from __future__ import annotations
