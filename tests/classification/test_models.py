@@ -256,6 +256,23 @@ def test_batchnorm_option_normalises_every_conv_and_dense_layer_before_its_relu(
         "alexnet", n_classes=2, input_size=64, dense_units=16).layers) == 2  # the default: conv1 and conv2 only
 
 
+def test_vgg_bn_has_vggs_convolutions_each_followed_by_batchnorm():
+    for name, n_convs in (("vgg16", 13), ("vgg19", 16)):
+        plain = build_classifier(name, n_classes=2, input_size=32).get_layer(name)
+        with_bn = build_classifier(name, n_classes=2, input_size=32, batchnorm=True).get_layer(name)
+        convs = [layer for layer in with_bn.layers if isinstance(layer, keras.layers.Conv2D)]
+        assert [c.filters for c in convs] == [c.filters for c in plain.layers if isinstance(c, keras.layers.Conv2D)]
+        assert len(convs) == n_convs
+        for conv in convs:
+            following = with_bn.layers[with_bn.layers.index(conv) + 1]
+            assert isinstance(following, keras.layers.BatchNormalization) and not conv.use_bias
+        assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in plain.layers)
+    with pytest.raises(ValueError, match="VGG-BN"):
+        build_classifier("resnet101", n_classes=2, input_size=32, batchnorm=True)
+    with pytest.raises(ValueError, match="without ImageNet weights"):
+        build_classifier("vgg16", n_classes=2, input_size=32, batchnorm=True, weights="imagenet")
+
+
 def test_basic_cnn_with_batchnorm_fits_a_small_two_class_set():
     """With BatchNorm (and the training core's BatchNorm settings for short runs) the
     basic CNN with a one-layer head (the CT CPU default) fits bright vs dark centres,

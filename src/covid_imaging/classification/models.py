@@ -279,6 +279,22 @@ def build_alexnet(
 # ------------------------------------------------------------ keras.applications
 
 
+# Convolutions per block of VGG16 and VGG19 (64, 128, 256, 512, 512 filters).
+VGG_BLOCKS: Mapping[str, tuple[int, ...]] = MappingProxyType({"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)})
+
+
+def _vgg_bn(blocks: Sequence[int], input_size: int, name: str) -> keras.Model:
+    """VGG's feature extractor with BatchNorm after every 3x3 conv (torchvision's vgg*_bn)."""
+    inputs = keras.Input(shape=(input_size, input_size, 3))
+    x = inputs
+    for block, (n_convs, filters) in enumerate(zip(blocks, (64, 128, 256, 512, 512), strict=True), start=1):
+        for conv in range(1, n_convs + 1):
+            layer = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"block{block}_conv{conv}")
+            x = _relu_layer(x, layer, True, f"block{block}_conv{conv}")
+        x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+    return keras.Model(inputs, x, name=name)
+
+
 def build_keras_application(
     name: str,
     n_classes: int,
@@ -288,6 +304,7 @@ def build_keras_application(
     freeze_base: bool | None = None,
     dropout: float = 0.2,
     batchnorm_inference: bool | None = None,
+    batchnorm: bool = False,
 ) -> keras.Model:
     """A keras.applications backbone (``include_top=False``) with a new N-class top.
 
@@ -295,7 +312,10 @@ def build_keras_application(
     ``freeze_base=None`` freezes the backbone exactly when pretrained weights are
     loaded. ``batchnorm_inference=None`` (same rule) calls the backbone with
     ``training=False`` so its BatchNorm statistics stay those of the pretrained
-    weights even after unfreezing (the Keras fine-tuning recipe).
+    weights even after unfreezing (the Keras fine-tuning recipe). ``batchnorm`` (VGG
+    only, random or file weights): VGG16-BN / VGG19-BN, the same convolutions each
+    followed by BatchNorm before its ReLU (Keras has no such variant; without it a VGG
+    from random weights does not leave the initial loss in a few hundred steps).
     """
     key = name.lower()
     if key not in KERAS_APPLICATIONS:
@@ -304,6 +324,9 @@ def build_keras_application(
     _check_common_args(n_classes, input_size, channels, min_size=spec.min_input_size)
     if channels not in (1, 3):
         raise ValueError(f"ImageNet backbones take 1 or 3 channels, got {channels}")
+    if batchnorm and (key not in VGG_BLOCKS or weights == "imagenet"):
+        raise ValueError(f"batchnorm: true is the VGG-BN variant of vgg16/vgg19 without ImageNet weights, got {name!r} "
+                         f"with weights={weights!r}")
     resolved_weights = _resolve_weights(weights)
     pretrained = _is_pretrained(weights)
     freeze = pretrained if freeze_base is None else freeze_base
@@ -312,12 +335,17 @@ def build_keras_application(
     inputs = _image_input(input_size, channels)
     x = RepeatChannels(3, name="gray_to_rgb")(inputs) if channels == 1 else inputs
     x = ImageNetPreprocessing(spec.preprocessing_mode, name="imagenet_preprocessing")(x)
-    base = spec.constructor(
-        include_top=False,
-        weights=resolved_weights,
-        input_shape=(input_size, input_size, 3),
-        name=key,
-    )
+    if batchnorm:
+        base = _vgg_bn(VGG_BLOCKS[key], input_size, key)
+        if resolved_weights is not None:
+            base.load_weights(resolved_weights)
+    else:
+        base = spec.constructor(
+            include_top=False,
+            weights=resolved_weights,
+            input_shape=(input_size, input_size, 3),
+            name=key,
+        )
     base.trainable = not freeze
     features = base(x, training=False) if inference_bn else base(x)
     outputs = _classifier_head(features, n_classes, dropout)
