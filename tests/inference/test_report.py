@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from covid_imaging.inference.engine import thumbnail_data_uri
-from covid_imaging.inference.report import render_report
+from covid_imaging.inference.report import report_pieces
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -49,12 +49,13 @@ def _report() -> str:
     gray = np.tile(np.arange(64, dtype=np.uint8)[None] * 4, (64, 1))
     thumbnails = {i: thumbnail_data_uri(np.dstack([gray] * 3), 32) for i in predictions["image_id"]}
     rejected = pd.DataFrame({"file": ["new/broken.png"], "reason": ["truncated PNG"]})
-    return render_report(
-        predictions, thumbnails, {"segmentation.unet": "2026-02-01T00.00.00.000Z"},
+    chunks = [(predictions.iloc[:2], thumbnails), (predictions.iloc[2:], thumbnails)]  # written batch by batch
+    return "".join(report_pieces(
+        chunks, list(predictions.columns), len(predictions), {"segmentation.unet": "2026-02-01T00.00.00.000Z"},
         {"classification.simple_cnn_scratch": {"normal": 1, "bacterial": 0, "covid": 2}},
         {"no_lung": 0, "one_lung": 1, "implausible_area": 1, "many_components": 0, "low_confidence": 0},
         rejected, ["simple_cnn_scratch"], "new/",
-    )
+    ))
 
 
 def test_the_report_needs_nothing_from_the_network():

@@ -163,20 +163,3 @@ def report_pieces(
 </body></html>
 """
 
-
-def render_report(
-    predictions: pd.DataFrame,
-    thumbnails: Mapping[str, str],
-    model_versions: Mapping[str, str],
-    class_counts: Mapping[str, Mapping[str, int]],
-    qc_counts: Mapping[str, int],
-    rejected: pd.DataFrame,
-    classifier_names: Sequence[str],
-    source: str,
-    title: str = "Inference report",
-) -> str:
-    """The report as one HTML string (a run that fits in memory)."""
-    return "".join(report_pieces(
-        [(predictions, thumbnails)], list(predictions.columns), len(predictions), model_versions, class_counts,
-        qc_counts, rejected, classifier_names, source, title,
-    ))
