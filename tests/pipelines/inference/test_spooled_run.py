@@ -22,6 +22,7 @@ class _Engine:
 
     def __init__(self) -> None:
         self.calls = 0
+        self.models = InferenceModels(None, ())
 
     def process(self, rows: pd.DataFrame, raw_files) -> tuple[list[ImageResult], list[dict[str, str]]]:
         self.calls += 1

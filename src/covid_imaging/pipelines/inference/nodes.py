@@ -17,6 +17,7 @@ import pickle
 import shutil
 import tempfile
 import weakref
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -173,6 +174,15 @@ class SpooledRun:
         self.n_images = 0
         self.columns: dict[str, None] = {}  # every row's columns, in order of first appearance
         self.rejected: list[dict[str, str]] = []
+        # What the summaries need, gathered as each batch is made (the spool is then read
+        # back only for the table and the report): counts, and the few values per image
+        # of the images that carry a mask or a label.
+        models = engine.models
+        self.predicted = {ns: Counter(counts) for ns, counts in class_counts(pd.DataFrame(), models).items()}
+        self.flagged = Counter(qc_counts(pd.DataFrame()))
+        self.scored: list[pd.DataFrame] = []  # image_id, source, Dice and IoU of images with a mask
+        self.labelled: list[ImageResult] = []  # label, source and probabilities of labelled images
+        self._classes = {str(c) for model in models.classifiers for c in model.spec.classes}
         self.spool = tempfile.mkdtemp(prefix="covid-imaging-inference-")
         self._cleanup = weakref.finalize(self, shutil.rmtree, self.spool, True)
 
@@ -187,12 +197,25 @@ class SpooledRun:
             files.update(result.files)
             result.files = {}  # written: only the row, probabilities and thumbnail stay
             self.columns.update(dict.fromkeys(result.row))
+        self._summarise(results)
         with open(self._chunk_path(index), "wb") as handle:
             pickle.dump(results, handle, protocol=pickle.HIGHEST_PROTOCOL)
         self.done += 1
         self.n_images += len(results)
         logger.info("Inference: %d / %d images", min(start + self.batch_size, len(self.manifest)), len(self.manifest))
         return files
+
+    def _summarise(self, results: list[ImageResult]) -> None:
+        rows = pd.DataFrame([r.row for r in results])
+        for namespace, counts in class_counts(rows, self.engine.models).items():
+            self.predicted[namespace].update(counts)
+        self.flagged.update(qc_counts(rows))
+        if "dice_native" in rows.columns:
+            self.scored.append(rows.loc[rows["dice_native"].notna(), ["image_id", "source", "dice_native", "iou_native"]])
+        self.labelled += [
+            ImageResult(row={"label": r.row.get("label"), "source": r.row.get("source", "")}, probabilities=r.probabilities)
+            for r in results if r.probabilities and str(r.row.get("label")) in self._classes
+        ]
 
     def _chunk_path(self, index: int) -> str:
         return os.path.join(self.spool, f"{index:06d}.pickle")
@@ -241,21 +264,15 @@ def run_folder_contents(
             yield pd.DataFrame(columns=run.predictions_columns()).to_csv(index=False)
 
     def external() -> dict[str, bytes]:
+        run.finish()
         files = {}
-        scored = [rows.loc[rows["dice_native"].notna(), ["image_id", "source", "dice_native", "iou_native"]]
-                  for rows, _ in run.prediction_chunks() if "dice_native" in rows.columns]
-        segmentation_tables = external_segmentation_tables(pd.concat(scored, ignore_index=True)) if scored else None
+        segmentation_tables = external_segmentation_tables(pd.concat(run.scored, ignore_index=True)) if run.scored else None
         if segmentation_tables is not None:
             per_image, summary = segmentation_tables
             files["external_segmentation_metrics.csv"] = summary.to_csv(index=False).encode("utf-8")
             files["external_segmentation_per_image.csv"] = per_image.to_csv(index=False).encode("utf-8")
-        classes = {str(c) for model in models.classifiers for c in model.spec.classes}
-        labelled = [  # what the classification metrics need of a labelled image: label, source, probabilities
-            ImageResult(row={"label": r.row.get("label"), "source": r.row.get("source", "")}, probabilities=r.probabilities)
-            for results in run.chunks() for r in results if r.probabilities and str(r.row.get("label")) in classes
-        ]
         classification = external_classification_table(
-            labelled, models, int(evaluation["n_bootstrap"]), float(evaluation["confidence"]), int(evaluation["seed"])
+            run.labelled, models, int(evaluation["n_bootstrap"]), float(evaluation["confidence"]), int(evaluation["seed"])
         )
         if classification is not None:
             files["external_classification_metrics.csv"] = classification.to_csv(index=False).encode("utf-8")
@@ -265,20 +282,10 @@ def run_folder_contents(
         return json.dumps({"models": models.versions(), "source": params["source"], "layout": params["layout"]}, indent=2)
 
     def report_html() -> Iterator[str]:
-        predicted: dict[str, dict[str, int]] = {}
-        flagged: dict[str, int] = {}
-        for rows, _ in run.prediction_chunks():
-            for namespace, counts in class_counts(rows, models).items():
-                totals = predicted.setdefault(namespace, dict.fromkeys(counts, 0))
-                for cls, n in counts.items():
-                    totals[cls] += n
-            for flag, n in qc_counts(rows).items():
-                flagged[flag] = flagged.get(flag, 0) + n
-        if not run.starts:
-            predicted, flagged = class_counts(pd.DataFrame(), models), qc_counts(pd.DataFrame())
         yield from report_pieces(
-            run.prediction_chunks(), run.predictions_columns(), run.n_images, models.versions(), predicted, flagged,
-            rejected(), [m.spec.name for m in models.classifiers], str(params["source"]), str(params["report"]["title"]),
+            run.prediction_chunks(), run.predictions_columns(), run.n_images, models.versions(),
+            {ns: dict(counts) for ns, counts in run.predicted.items()}, dict(run.flagged), rejected(),
+            [m.spec.name for m in models.classifiers], str(params["source"]), str(params["report"]["title"]),
         )
         run.close()
 
