@@ -160,10 +160,11 @@ def _settings(params: Mapping[str, Any], preprocessing: Mapping[str, Any], lung_
 class SpooledRun:
     """Processes the manifest batch by batch, in order, as the run folder asks for it.
 
-    What the tables and the report need of each image (its row, class probabilities and
+    What the table and the report need of each image (its row, class probabilities and
     thumbnail, a few KiB) goes to a spool on disk, one pickle per batch, and is read back
-    one batch at a time: memory stays one batch's whatever the number of images. The
-    spool is a temporary folder (``TMPDIR``), removed when the run is written or dropped.
+    one batch at a time: memory stays one batch's whatever the number of images (plus
+    the counts and, for external metrics, a few values per image with a mask or label).
+    The spool is a temporary folder (``TMPDIR``), removed when the run is written or dropped.
     """
 
     def __init__(self, manifest: pd.DataFrame, raw_files: Loaders, engine: InferenceEngine, batch_size: int) -> None:
