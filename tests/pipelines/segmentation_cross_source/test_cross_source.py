@@ -74,9 +74,15 @@ def test_cross_source_pipeline_on_a_slice_of_shared_data(kedro_project, shared_d
         assert row.held_out_source not in row.train_sources.split("+")
         assert row.n_images == 12
     assert set(table.loc[table["held_out_source"] == "shenzhen", "mask_convention"]) == {"nlm"}
+    # a recipe's data block overrides the model's: the input-size recipe trains at 160 px
+    sizes = table.groupby("variant")["input_size"].unique().map(list).to_dict()
+    assert sizes == {variant: [160 if variant == "input_160" else 32] for variant in CROSS_SOURCE_VARIANTS}
     assert table[["dice_native_mean", "dice_native_min", "dice_post_effusion_mean"]].apply(lambda c: c.between(0, 1)).all().all()
     images = pd.read_csv(reports / "segmentation_cross_source_images.csv")
     assert len(images) == len(CROSS_SOURCE_VARIANTS) * 24
+    # each recipe's per-image table is kept, so one recipe can be re-run alone
+    robust = pd.read_csv(reports / "cross_source" / "robust_per_image.csv")
+    pd.testing.assert_frame_equal(robust, images[images["variant"] == "robust"].reset_index(drop=True))
     # the reference chain was really preprocessed differently from the robust recipe
     feature = kedro_project / "data/04_feature/raw/cross_source"
     some_image = sorted((feature / "robust" / "images").rglob("*.png"))[0].relative_to(feature / "robust")

@@ -27,6 +27,7 @@ VARIANT_DEFAULTS: dict[str, Any] = {
     "description": "",
     "preprocessing": {},  # overrides of the `preprocessing` block
     "augmentation": {},  # overrides of the trained model's augmentation block
+    "data": {},  # overrides of the trained model's data block (e.g. its input size)
 }
 CROSS_SOURCE_DEFAULTS: dict[str, Any] = {
     "model": "unet",  # the segmentation.<model> block trained in every fold
@@ -123,6 +124,7 @@ def run_cross_source_folds(
     augmentation = merge_params(
         model_params["augmentation"], recipe["augmentation"], where=f"segmentation_cross_source.variants.{variant}.augmentation"
     )
+    data = merge_params(model_params["data"], recipe["data"], where=f"segmentation_cross_source.variants.{variant}.data")
     # Not merge_params: the model's training block is itself partial (merged over the
     # library defaults when the model is trained).
     training = {**model_params["training"], **settings["training"]}
@@ -140,19 +142,18 @@ def run_cross_source_folds(
             "Cross-source %s: hold out %s (%d images), train on %s", variant, held_out, len(test_rows),
             train_rows["source"].value_counts().to_dict(),
         )
-        model, _history = train_segmentation(train_rows, model_params["model"], training, augmentation, model_params["data"])
-        per_image, _ = score_images(
-            model, test_rows, model_params["data"], model_params["postprocessing"], preprocessing, raw_files
-        )
+        model, _history = train_segmentation(train_rows, model_params["model"], training, augmentation, data)
+        per_image, _ = score_images(model, test_rows, data, model_params["postprocessing"], preprocessing, raw_files)
         for kind in stress["kinds"]:
             stressed, _ = score_images(
-                model, test_rows, model_params["data"], model_params["postprocessing"],
+                model, test_rows, data, model_params["postprocessing"],
                 transform=opacity_transform(kind, float(stress["strength"]), int(stress["seed"])),
             )
             per_image[f"dice_post_{kind}"] = stressed["dice_post"].to_numpy()
         per_image.insert(0, "held_out_source", held_out)
         per_image.insert(0, "variant", variant)
         per_image["train_sources"] = "+".join(sorted(train_rows["source"].unique()))
+        per_image["input_size"] = int(data["image_size"])
         tables.append(per_image)
         metrics[f"cross_dice_native_post_{held_out}"] = float(per_image["dice_native_post"].mean())
         metrics[f"cross_dice_native_post_min_{held_out}"] = float(per_image["dice_native_post"].min())
@@ -174,6 +175,7 @@ def summarise_cross_source(**per_image_tables: pd.DataFrame) -> pd.DataFrame:
                 "held_out_source": held_out,
                 "mask_convention": ",".join(sorted(frame["mask_convention"].unique())),
                 "train_sources": frame["train_sources"].iloc[0],
+                "input_size": int(frame["input_size"].iloc[0]),
                 "n_images": len(frame),
                 "dice_native_mean": frame["dice_native_post"].mean(),
                 "dice_native_std": frame["dice_native_post"].std(),

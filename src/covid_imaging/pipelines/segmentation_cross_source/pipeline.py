@@ -23,7 +23,7 @@ from covid_imaging.pipelines.segmentation_cross_source.nodes import (
 
 # The training recipes compared; each has a block under segmentation_cross_source.variants
 # in conf/base/parameters/segmentation_cross_source.yml.
-CROSS_SOURCE_VARIANTS = ("robust", "plain_augmentation", "reference_chain")
+CROSS_SOURCE_VARIANTS = ("robust", "plain_augmentation", "reference_chain", "input_160")
 
 
 def _bound(function, variant: str):
