@@ -108,3 +108,21 @@ def test_ensemble_averages_its_members_and_survives_a_save(tmp_path):
     ensemble.save(tmp_path / "ensemble.keras")
     loaded = keras.models.load_model(tmp_path / "ensemble.keras", compile=False)
     np.testing.assert_allclose(loaded.predict_on_batch(images), expected, atol=1e-6)
+
+
+def test_ensemble_of_members_trained_at_different_sizes_takes_the_largest(tmp_path):
+    from covid_imaging.segmentation.models import build_ensemble
+
+    large = build_segmentation_model("unet", input_size=48, base_filters=4)
+    small = build_segmentation_model("fcn", input_size=32, base_filters=4)
+    ensemble = build_ensemble([large, small])
+    assert ensemble.input_shape[1:] == (48, 48, 1)
+    images = np.random.default_rng(1).random((2, 48, 48, 1)).astype("float32")
+    resize = keras.layers.Resizing
+    small_map = resize(48, 48)(small.predict_on_batch(resize(32, 32)(images))).numpy()
+    expected = (large.predict_on_batch(images) + small_map) / 2
+    assert ensemble.output_shape[1:] == large.output_shape[1:]
+    np.testing.assert_allclose(ensemble.predict_on_batch(images), expected, atol=1e-5)
+    ensemble.save(tmp_path / "ensemble.keras")
+    loaded = keras.models.load_model(tmp_path / "ensemble.keras", compile=False)
+    np.testing.assert_allclose(loaded.predict_on_batch(images), expected, atol=1e-5)

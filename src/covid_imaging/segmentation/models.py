@@ -226,23 +226,33 @@ MODEL_BUILDERS: dict[str, Callable[..., keras.Model]] = {
 
 
 def build_ensemble(members: Sequence[keras.Model], name: str = "ensemble") -> keras.Model:
-    """One model that averages the probability maps of ``members`` (same input size).
+    """One model that averages the probability maps of ``members``.
 
     A plain Keras model, so it predicts, saves and loads like any member and can stand
-    in for one wherever a lung mask is needed.
+    in for one wherever a lung mask is needed. Its input is the largest member's size;
+    a member trained at another size sees the image resized to its own size, and its
+    probability map is resized back (bilinear) before the mean.
     """
     if not members:
         raise ValueError("An ensemble needs at least one member model.")
-    shapes = {tuple(member.input_shape[1:]) for member in members}
-    if len(shapes) != 1:
-        raise ValueError(f"Ensemble members need one input shape, got {sorted(shapes)}.")
+    channels = {member.input_shape[-1] for member in members}
+    if len(channels) != 1 or any(member.input_shape[1] != member.input_shape[2] for member in members):
+        raise ValueError(f"Ensemble members need square inputs of one channel count, got "
+                         f"{sorted({tuple(member.input_shape[1:]) for member in members})}.")
     heads = {model_conventions(member) for member in members}
     if len(heads) != 1:
         raise ValueError(f"Ensemble members need the same mask convention heads, got {sorted(heads)}.")
-    image = keras.Input(shape=next(iter(shapes)), name="image")
+    size = max(int(member.input_shape[1]) for member in members)
+    image = keras.Input(shape=(size, size, channels.pop()), name="image")
+    outputs = []
     for index, member in enumerate(members):
         member.name = f"{member.name}_{index}" if any(m.name == member.name for m in members[:index]) else member.name
-    outputs = [member(image) for member in members]
+        own = int(member.input_shape[1])
+        if own == size:
+            outputs.append(member(image))
+            continue
+        resized = layers.Resizing(own, own, interpolation="bilinear", name=f"to_{member.name}")(image)
+        outputs.append(layers.Resizing(size, size, interpolation="bilinear", name=f"from_{member.name}")(member(resized)))
     average = outputs[0] if len(outputs) == 1 else layers.Average(dtype="float32", name="mean_probability")(outputs)
     return keras.Model(image, MaskConventionHeads(heads.pop(), name="mask_convention_heads")(average), name=name)
 
