@@ -9,7 +9,12 @@ import pandas as pd
 import pytest
 
 from covid_imaging.pipelines.segmentation.pipeline import SEGMENTATION_MODELS
-from covid_imaging.pipelines.segmentation_cross_source.nodes import fold_tables, held_out_sources
+from covid_imaging.pipelines.segmentation_cross_source.nodes import (
+    fold_tables,
+    held_out_sources,
+    summarise_cross_source,
+    training_seeds,
+)
 from covid_imaging.pipelines.segmentation_cross_source.pipeline import CROSS_SOURCE_VARIANTS
 from tests.conftest import run_kedro
 
@@ -38,6 +43,36 @@ def test_sources_too_small_are_not_folds():
     assert held_out_sources(_images(), minimum=5) == ["a", "b"]
 
 
+def test_seeds_default_to_the_model_seed_and_must_be_distinct_integers():
+    assert training_seeds(None, 42) == [42]
+    assert training_seeds([1, 2, 3], 42) == [1, 2, 3]
+    for bad in ([], [1, 1], [1.5], "42", [True]):
+        with pytest.raises(ValueError, match="segmentation_cross_source.seeds"):
+            training_seeds(bad, 42)
+
+
+def _scores(variant: str, held_out: str, seed: int, dice: list[float]) -> pd.DataFrame:
+    return pd.DataFrame({
+        "variant": variant, "held_out_source": held_out, "seed": seed, "mask_convention": "nlm",
+        "train_sources": "b", "input_size": 128, "dice_native_post": dice, "iou_native_post": dice,
+        "dice_native_raw": dice, "dice_post": dice, "dice_post_effusion": [d - 0.1 for d in dice],
+    })
+
+
+def test_summary_over_seeds_averages_each_seed_and_reports_their_spread():
+    robust = pd.concat([_scores("robust", "a", 1, [0.9, 0.7]), _scores("robust", "a", 2, [0.8, 0.84])])
+    other = _scores("other", "a", 1, [0.95, 0.95])
+    table = summarise_cross_source(robust=robust, other=other).set_index("variant")
+    row = table.loc["robust"]
+    assert (row["n_images"], row["n_seeds"]) == (2, 2)
+    assert row["dice_native_mean"] == pytest.approx(0.81)  # seeds' means 0.80 and 0.82
+    assert row["dice_native_seed_std"] == pytest.approx(0.0141421, abs=1e-6)
+    assert row["dice_native_min"] == pytest.approx(0.7)
+    assert row["n_below_0.85"] == pytest.approx(1.5)  # 1 image at seed 1, 2 at seed 2
+    assert row["dice_post_effusion_mean"] == pytest.approx(0.71)
+    assert table.loc["other", "n_seeds"] == 1 and pd.isna(table.loc["other", "dice_native_seed_std"])
+
+
 @pytest.mark.slow
 def test_cross_source_pipeline_on_a_slice_of_shared_data(kedro_project, shared_data, tmp_path):
     manifest = pd.read_csv(shared_data / "manifest.csv", keep_default_na=False)
@@ -56,6 +91,7 @@ def test_cross_source_pipeline_on_a_slice_of_shared_data(kedro_project, shared_d
         "preprocessing.resize.size": 64,
         "segmentation_cross_source.min_images_per_source": 5,
         "segmentation_cross_source.stress_test.kinds": ["effusion"],
+        "segmentation_cross_source.seeds": [3, 4],
     }
     for model in SEGMENTATION_MODELS:
         params |= {
@@ -79,7 +115,11 @@ def test_cross_source_pipeline_on_a_slice_of_shared_data(kedro_project, shared_d
     assert sizes == {variant: [160 if variant == "input_160" else 32] for variant in CROSS_SOURCE_VARIANTS}
     assert table[["dice_native_mean", "dice_native_min", "dice_post_effusion_mean"]].apply(lambda c: c.between(0, 1)).all().all()
     images = pd.read_csv(reports / "segmentation_cross_source_images.csv")
-    assert len(images) == len(CROSS_SOURCE_VARIANTS) * 24
+    assert len(images) == len(CROSS_SOURCE_VARIANTS) * 24 * 2  # every held-out image once per seed
+    assert (table["n_seeds"] == 2).all()
+    # the seed reaches the training: the two seeds' models score the same images differently
+    robust_scores = images[images["variant"] == "robust"].pivot(index="image_id", columns="seed", values="dice_post")
+    assert not robust_scores[3].equals(robust_scores[4])
     # each recipe's per-image table is kept, so one recipe can be re-run alone
     robust = pd.read_csv(reports / "cross_source" / "robust_per_image.csv")
     pd.testing.assert_frame_equal(robust, images[images["variant"] == "robust"].reset_index(drop=True))

@@ -35,6 +35,9 @@ CROSS_SOURCE_DEFAULTS: dict[str, Any] = {
     "min_images_per_source": 10,  # sources with fewer masks are neither held out nor dropped
     "training": {},  # overrides of the model's training block, the same for every recipe
     "stress_test": dict(STRESS_TEST_DEFAULTS),
+    # One model per fold and seed; null: the model's own data.seed only. Several seeds
+    # show how much of a difference between recipes is the training's own spread.
+    "seeds": None,
 }
 
 
@@ -129,6 +132,7 @@ def run_cross_source_folds(
     # library defaults when the model is trained).
     training = {**model_params["training"], **settings["training"]}
     stress = merge_params(STRESS_TEST_DEFAULTS, settings["stress_test"], where="segmentation_cross_source.stress_test")
+    seeds = training_seeds(settings["seeds"], int(data["seed"]))
     sources = held_out_sources(images, int(settings["min_images_per_source"]))
     if len(sources) < 2:
         raise ValueError(
@@ -138,37 +142,64 @@ def run_cross_source_folds(
     tables, metrics = [], {}
     for held_out in sources:
         train_rows, test_rows = fold_tables(images, held_out)
-        logger.info(
-            "Cross-source %s: hold out %s (%d images), train on %s", variant, held_out, len(test_rows),
-            train_rows["source"].value_counts().to_dict(),
-        )
-        model, _history = train_segmentation(train_rows, model_params["model"], training, augmentation, data)
-        per_image, _ = score_images(model, test_rows, data, model_params["postprocessing"], preprocessing, raw_files)
-        for kind in stress["kinds"]:
-            stressed, _ = score_images(
-                model, test_rows, data, model_params["postprocessing"],
-                transform=opacity_transform(kind, float(stress["strength"]), int(stress["seed"])),
+        fold = []
+        for seed in seeds:
+            logger.info(
+                "Cross-source %s: hold out %s (%d images), train on %s, seed %d", variant, held_out, len(test_rows),
+                train_rows["source"].value_counts().to_dict(), seed,
             )
-            per_image[f"dice_post_{kind}"] = stressed["dice_post"].to_numpy()
-        per_image.insert(0, "held_out_source", held_out)
-        per_image.insert(0, "variant", variant)
-        per_image["train_sources"] = "+".join(sorted(train_rows["source"].unique()))
-        per_image["input_size"] = int(data["image_size"])
-        tables.append(per_image)
-        metrics[f"cross_dice_native_post_{held_out}"] = float(per_image["dice_native_post"].mean())
-        metrics[f"cross_dice_native_post_min_{held_out}"] = float(per_image["dice_native_post"].min())
+            seeded = {**data, "seed": seed}
+            model, _history = train_segmentation(train_rows, model_params["model"], training, augmentation, seeded)
+            per_image, _ = score_images(model, test_rows, seeded, model_params["postprocessing"], preprocessing, raw_files)
+            for kind in stress["kinds"]:
+                stressed, _ = score_images(
+                    model, test_rows, seeded, model_params["postprocessing"],
+                    transform=opacity_transform(kind, float(stress["strength"]), int(stress["seed"])),
+                )
+                per_image[f"dice_post_{kind}"] = stressed["dice_post"].to_numpy()
+            per_image.insert(0, "seed", seed)
+            per_image.insert(0, "held_out_source", held_out)
+            per_image.insert(0, "variant", variant)
+            per_image["train_sources"] = "+".join(sorted(train_rows["source"].unique()))
+            per_image["input_size"] = int(data["image_size"])
+            fold.append(per_image)
+        fold_table = pd.concat(fold, ignore_index=True)
+        tables.append(fold_table)
+        seed_means = fold_table.groupby("seed")["dice_native_post"].mean()
+        metrics[f"cross_dice_native_post_{held_out}"] = float(seed_means.mean())
+        metrics[f"cross_dice_native_post_min_{held_out}"] = float(fold_table["dice_native_post"].min())
+        if len(seeds) > 1:
+            metrics[f"cross_dice_native_post_seed_std_{held_out}"] = float(seed_means.std())
         for kind in stress["kinds"]:
-            metrics[f"cross_dice_post_{kind}_{held_out}"] = float(per_image[f"dice_post_{kind}"].mean())
+            metrics[f"cross_dice_post_{kind}_{held_out}"] = float(fold_table[f"dice_post_{kind}"].mean())
     logger.info("Cross-source %s: %s", variant, {key: round(value, 3) for key, value in metrics.items()})
     return pd.concat(tables, ignore_index=True), metrics
 
 
+def training_seeds(seeds: Any, model_seed: int) -> list[int]:
+    """The seeds each fold is trained with: the list given, or the model's own seed."""
+    if seeds is None:
+        return [model_seed]
+    if (not isinstance(seeds, list | tuple) or not seeds
+            or any(isinstance(seed, bool) or not isinstance(seed, int) for seed in seeds) or len(set(seeds)) != len(seeds)):
+        raise ValueError(f"segmentation_cross_source.seeds must be null or a list of distinct integers; got {seeds!r}.")
+    return list(seeds)
+
+
 def summarise_cross_source(**per_image_tables: pd.DataFrame) -> pd.DataFrame:
-    """One row per variant and held-out source: Dice mean ± std and minimum, stress-test Dice."""
+    """One row per variant and held-out source: Dice mean ± std and minimum, stress-test Dice.
+
+    With several seeds, each figure is the mean of the seeds' figures (the minimum: over
+    every seed), and ``dice_native_seed_std`` is the spread of the seeds' mean Dice.
+    """
     per_image = pd.concat(per_image_tables.values(), ignore_index=True)
+    if "seed" not in per_image:  # tables written before seeds were a parameter: one seed
+        per_image["seed"] = 0
     stress_columns = sorted(column for column in per_image.columns if column.startswith("dice_post_") and column != "dice_post_min")
     rows = []
     for (variant, held_out), frame in per_image.groupby(["variant", "held_out_source"], sort=False):
+        by_seed = frame.groupby("seed")
+        seed_means = by_seed["dice_native_post"].mean()
         rows.append(
             {
                 "variant": variant,
@@ -176,15 +207,17 @@ def summarise_cross_source(**per_image_tables: pd.DataFrame) -> pd.DataFrame:
                 "mask_convention": ",".join(sorted(frame["mask_convention"].unique())),
                 "train_sources": frame["train_sources"].iloc[0],
                 "input_size": int(frame["input_size"].iloc[0]),
-                "n_images": len(frame),
-                "dice_native_mean": frame["dice_native_post"].mean(),
-                "dice_native_std": frame["dice_native_post"].std(),
+                "n_images": int(by_seed.size().iloc[0]),
+                "n_seeds": len(seed_means),
+                "dice_native_mean": seed_means.mean(),
+                "dice_native_seed_std": seed_means.std() if len(seed_means) > 1 else float("nan"),
+                "dice_native_std": by_seed["dice_native_post"].std().mean(),
                 "dice_native_min": frame["dice_native_post"].min(),
-                "n_below_0.85": int((frame["dice_native_post"] < 0.85).sum()),
-                "iou_native_mean": frame["iou_native_post"].mean(),
-                "dice_native_raw_mean": frame["dice_native_raw"].mean(),
-                "dice_model_size_mean": frame["dice_post"].mean(),
-                **{f"{column}_mean": frame[column].mean() for column in stress_columns},
+                "n_below_0.85": by_seed["dice_native_post"].apply(lambda dice: int((dice < 0.85).sum())).mean(),
+                "iou_native_mean": by_seed["iou_native_post"].mean().mean(),
+                "dice_native_raw_mean": by_seed["dice_native_raw"].mean().mean(),
+                "dice_model_size_mean": by_seed["dice_post"].mean().mean(),
+                **{f"{column}_mean": by_seed[column].mean().mean() for column in stress_columns},
             }
         )
     table = pd.DataFrame(rows)
