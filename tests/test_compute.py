@@ -95,6 +95,31 @@ def test_lazy_results_raise_each_error_at_its_own_key():
         lazy["b"]()
 
 
+def _lazy_squares_read_by_another_thread(n: int) -> list[int]:
+    """What a node on a Dask worker does: build lazy results whose compute block names a
+    cluster, and let a catalog writer thread (not the task's own) read them."""
+    import threading
+
+    config = ComputeConfig.from_params({"chunk_size": 2, "dask": {"scheduler_address": "local", "n_workers": 2}})
+    lazy = LazyResults(partial(_square_after, 0.0), {f"k{i:02d}": i for i in range(n)}, config)
+    values: list[int] = []
+    writer = threading.Thread(target=lambda: values.extend(lazy[key]() for key in sorted(lazy)))
+    writer.start()
+    writer.join()
+    return values
+
+
+@pytest.mark.slow
+def test_lazy_results_in_a_dask_worker_use_its_threads_from_any_thread():
+    # A worker process cannot start a LocalCluster ("daemonic processes are not allowed
+    # to have children"): lazy results made in a node on the Dask runner compute locally.
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        assert client.submit(_lazy_squares_read_by_another_thread, 7).result(timeout=120) == [i * i for i in range(7)]
+
+
 @pytest.mark.slow
 def test_dask_local_cluster_gives_the_same_results():
     config = {"chunk_size": 4, "dask": {"scheduler_address": "local", "n_workers": 2}}

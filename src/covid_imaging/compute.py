@@ -31,7 +31,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from itertools import islice
 from typing import Any, TypeVar
@@ -281,6 +281,11 @@ class LazyResults(Mapping[str, Callable[[], R]]):
 
     def __init__(self, function: Callable[[T], R], items: Mapping[str, T], config: ComputeConfig,
                  what: str | None = None) -> None:
+        if config.uses_dask and inside_dask_worker():
+            # Decided here, in the node's own task thread: the map starts in whichever
+            # thread asks first (a catalog writer), where Dask's worker context is not
+            # visible and a LocalCluster would be started inside the worker.
+            config = replace(config, scheduler_address=None)
         self._function, self._items, self._config, self._what = function, dict(items), config, what
         self._results: Iterator[tuple[str, R]] | None = None
         self._ready: dict[str, R] = {}
