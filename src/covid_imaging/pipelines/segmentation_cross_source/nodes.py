@@ -193,8 +193,6 @@ def summarise_cross_source(**per_image_tables: pd.DataFrame) -> pd.DataFrame:
     every seed), and ``dice_native_seed_std`` is the spread of the seeds' mean Dice.
     """
     per_image = pd.concat(per_image_tables.values(), ignore_index=True)
-    if "seed" not in per_image:  # tables written before seeds were a parameter: one seed
-        per_image["seed"] = 0
     stress_columns = sorted(column for column in per_image.columns if column.startswith("dice_post_") and column != "dice_post_min")
     rows = []
     for (variant, held_out), frame in per_image.groupby(["variant", "held_out_source"], sort=False):
