@@ -11,7 +11,10 @@ from covid_imaging.classification.training import train_classifier
 from covid_imaging.imaging.preprocessing import PreprocessingConfig
 from covid_imaging.segmentation.training import train_segmentation_model
 from covid_imaging.training import (
+    as_float32,
     batchnorm_layers,
+    dtype_policy_for,
+    native_bfloat16_cpu,
     precision_policy,
     recompute_batchnorm_statistics,
     resolve_training_params,
@@ -177,6 +180,44 @@ def test_training_device_restores_the_policy_even_when_training_fails():
         with training_device(mixed_precision=True):
             raise RuntimeError("boom")
     assert keras.config.dtype_policy().name == "float32"
+
+
+def test_bfloat16_is_used_only_where_the_chip_computes_it(monkeypatch):
+    assert native_bfloat16_cpu("flags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n")
+    assert native_bfloat16_cpu("flags\t\t: fpu avx512f avx512_bf16\n")
+    assert not native_bfloat16_cpu("flags\t\t: fpu avx2 avx512f\n")  # oneDNN would emulate it: slower
+    monkeypatch.setattr("covid_imaging.training.core.native_bfloat16_cpu", lambda: False)
+    assert dtype_policy_for("bfloat16", has_gpu=False) == "float32"
+    assert dtype_policy_for("bfloat16", has_gpu=True) == "mixed_bfloat16"
+    monkeypatch.setattr("covid_imaging.training.core.native_bfloat16_cpu", lambda: True)
+    assert dtype_policy_for("bfloat16", has_gpu=False) == "mixed_bfloat16"
+    assert dtype_policy_for(True, has_gpu=False) == "float32"  # float16 is emulated on CPUs
+    assert dtype_policy_for(True, has_gpu=True) == "mixed_float16"
+    assert dtype_policy_for(False, has_gpu=True) == "float32"
+
+
+def test_an_unknown_mixed_precision_value_fails_with_the_key():
+    with pytest.raises(ValueError, match=r"training\.mixed_precision.*'float16'"):
+        resolve_training_params({"mixed_precision": "float16"})
+    assert resolve_training_params({"mixed_precision": "bfloat16"})["mixed_precision"] == "bfloat16"
+
+
+def test_a_model_trained_in_bfloat16_is_returned_computing_in_float32():
+    keras.utils.set_random_seed(0)
+    with precision_policy("mixed_bfloat16"):
+        inputs = keras.Input((4, 4, 1))
+        features = keras.layers.BatchNormalization(name="bn")(keras.layers.Conv2D(3, 3, name="conv")(inputs))
+        outputs = keras.layers.Dense(2, activation="softmax", dtype="float32")(keras.layers.Flatten()(features))
+        trained = keras.Model(inputs, outputs, name="bf16_classifier")
+    assert trained.get_layer("conv").compute_dtype == "bfloat16"
+    converted = as_float32(trained)
+    assert {layer.compute_dtype for layer in converted.layers} == {"float32"}
+    assert converted.name == trained.name
+    for before, after in zip(trained.get_weights(), converted.get_weights(), strict=True):
+        np.testing.assert_array_equal(before, after)
+    inputs = np.random.default_rng(0).random((3, 4, 4, 1), dtype=np.float32)
+    np.testing.assert_allclose(converted.predict_on_batch(inputs), trained.predict_on_batch(inputs), atol=0.02)
+    assert as_float32(converted) is converted  # already float32: nothing to rebuild
 
 
 def test_same_seed_same_weights():

@@ -13,12 +13,16 @@ from covid_imaging.training.core import (
     BestWeightsKeeper,
     LearningRateRecorder,
     LinearWarmup,
+    as_float32,
     build_callbacks,
     compile_model,
     configure_gpus,
     describe_device,
+    device_settings,
+    dtype_policy_for,
     fit_model,
     make_optimizer,
+    native_bfloat16_cpu,
     precision_policy,
     resolve_training_params,
     seed_everything,
@@ -28,7 +32,7 @@ from covid_imaging.training.core import (
 
 __all__ = [
     "CORE_TRAINING_DEFAULTS", "DEVICE_KEYS", "BestWeightsKeeper", "LearningRateRecorder", "LinearWarmup", "PreciseBatchNorm",
-    "batchnorm_layers", "build_callbacks", "compile_model", "configure_gpus", "describe_device", "fit_model", "make_optimizer", "merge_params",
-    "precision_policy", "recompute_batchnorm_statistics", "resolve_training_params", "seed_everything", "set_batchnorm_momentum", "step_decay",
+    "as_float32", "batchnorm_layers", "build_callbacks", "compile_model", "configure_gpus", "describe_device", "device_settings", "dtype_policy_for", "fit_model", "make_optimizer", "merge_params",
+    "native_bfloat16_cpu", "precision_policy", "recompute_batchnorm_statistics", "resolve_training_params", "seed_everything", "set_batchnorm_momentum", "step_decay",
     "training_device",
 ]

@@ -27,7 +27,10 @@ loss, metrics and task-specific defaults::
                                     #   statistics = mean over this many training batches
     seed: null                      # seeds Python, NumPy and TF before training
     deterministic: true             # tf.config.experimental.enable_op_determinism
-    mixed_precision: false          # GPU only: mixed_float16 while the model is built
+    mixed_precision: false          # false | true (mixed_float16, GPU only) | bfloat16 (mixed_bfloat16
+                                    #   where the chip computes it natively: a GPU, or a CPU with
+                                    #   AMX-BF16/AVX512-BF16; float32 elsewhere); the trained model
+                                    #   is returned in float32 either way
     multi_gpu: false                # MirroredStrategy over all visible GPUs
     verbose: 0
     run_eagerly: false              # debugging / tiny CPU runs: skips graph tracing
@@ -85,6 +88,7 @@ CORE_TRAINING_DEFAULTS: dict[str, Any] = {
     "jit_compile": "auto",
 }
 DEVICE_KEYS = ("mixed_precision", "multi_gpu")
+MIXED_PRECISION_CHOICES = (False, True, "bfloat16")
 
 
 def resolve_training_params(
@@ -102,6 +106,10 @@ def resolve_training_params(
     resolved = merge_params(defaults, params, where=where)
     if resolved["optimizer"] not in OPTIMIZERS:
         raise ValueError(f"{where}.optimizer must be one of {list(OPTIMIZERS)}, got {resolved['optimizer']!r}")
+    if resolved["mixed_precision"] not in MIXED_PRECISION_CHOICES:
+        raise ValueError(
+            f"{where}.mixed_precision must be false, true or 'bfloat16', got {resolved['mixed_precision']!r}"
+        )
     if resolved["jit_compile"] not in (True, False, "auto"):
         raise ValueError(f"{where}.jit_compile must be true, false or 'auto', got {resolved['jit_compile']!r}")
     if int(resolved["epochs"]) < 1:
@@ -344,21 +352,88 @@ def configure_gpus() -> list[Any]:
     return gpus
 
 
+def native_bfloat16_cpu(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AMX-BF16 or AVX512-BF16 in ``/proc/cpuinfo``).
+
+    Elsewhere oneDNN emulates bfloat16, slower than float32. Not Linux: ``False``.
+    """
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as file:
+                cpuinfo = file.read()
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
+def dtype_policy_for(mixed_precision: bool | str, has_gpu: bool) -> str:
+    """The Keras dtype policy that ``mixed_precision`` (``false | true | 'bfloat16'``) means on this machine.
+
+    ``true``: ``mixed_float16`` on a GPU, ``float32`` on a CPU (float16 is emulated there).
+    ``'bfloat16'``: ``mixed_bfloat16`` on a GPU or a CPU that computes it natively, else ``float32``.
+    """
+    if mixed_precision not in MIXED_PRECISION_CHOICES:
+        raise ValueError(f"mixed_precision must be false, true or 'bfloat16', got {mixed_precision!r}")
+    if mixed_precision == "bfloat16":
+        return "mixed_bfloat16" if has_gpu or native_bfloat16_cpu() else "float32"
+    return "mixed_float16" if mixed_precision is True and has_gpu else "float32"
+
+
 @contextlib.contextmanager
-def training_device(mixed_precision: bool = False, multi_gpu: bool = False) -> Iterator[tf.distribute.Strategy]:
+def training_device(mixed_precision: bool | str = False, multi_gpu: bool = False) -> Iterator[tf.distribute.Strategy]:
     """The distribution strategy and dtype policy for building (and training) one model.
 
     - ``MirroredStrategy`` only with more than one GPU and ``multi_gpu``; otherwise the
       default (single device) strategy;
-    - ``mixed_float16`` only with a GPU and ``mixed_precision`` (slower on a CPU),
-      otherwise ``float32``; the previous global policy is restored on exit.
+    - the dtype policy of :func:`dtype_policy_for` (``float32`` unless asked and the chip
+      computes the smaller type natively); the previous global policy is restored on exit.
 
     Build the model inside ``with training_device(...) as strategy, strategy.scope():``.
     """
     gpus = configure_gpus()
     strategy = tf.distribute.MirroredStrategy() if multi_gpu and len(gpus) > 1 else tf.distribute.get_strategy()
-    with precision_policy("mixed_float16" if gpus and mixed_precision else "float32"):
+    with precision_policy(dtype_policy_for(mixed_precision, bool(gpus))):
         yield strategy
+
+
+def device_settings(phases: Mapping[str, Mapping[str, Any] | None]) -> tuple[bool | str, bool]:
+    """``(mixed_precision, multi_gpu)`` of a model trained in phases (e.g. ``main``, or ``head`` then
+    ``fine_tune``): the model is built once, so every phase must ask for the same."""
+    found = {
+        name: tuple((block or {}).get(key, CORE_TRAINING_DEFAULTS[key]) for key in DEVICE_KEYS)
+        for name, block in phases.items()
+    }
+    if len(set(found.values())) > 1:
+        raise ValueError(
+            f"training: {' and '.join(DEVICE_KEYS)} must be the same in every phase (one model is built "
+            f"once), got {found}"
+        )
+    mixed_precision, multi_gpu = next(iter(found.values()), (False, False))
+    if mixed_precision not in MIXED_PRECISION_CHOICES:
+        raise ValueError(f"training.mixed_precision must be false, true or 'bfloat16', got {mixed_precision!r}")
+    return mixed_precision, bool(multi_gpu)
+
+
+def as_float32(model: keras.Model) -> keras.Model:
+    """``model`` computing in float32 (the same weights), or ``model`` itself if it already does.
+
+    A model trained under a mixed policy is saved this way, so it predicts the same on any
+    machine, including CPUs that would emulate bfloat16 or float16.
+    """
+    if all(layer.compute_dtype in (None, "float32") for layer in model._flatten_layers(include_self=False)):
+        return model
+
+    def rebuild(layer: keras.layers.Layer) -> keras.layers.Layer:
+        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+
+    with precision_policy("float32"):
+        converted = keras.models.clone_model(model, clone_function=rebuild)
+    converted.set_weights(model.get_weights())
+    return converted
 
 
 def describe_device() -> str:

@@ -49,7 +49,7 @@ from covid_imaging.registry import (
 from covid_imaging.segmentation.conventions import DEFAULT_HEAD
 from covid_imaging.segmentation.plots import plot_training_curves
 from covid_imaging.segmentation.postprocessing import postprocess_probability_map
-from covid_imaging.training import seed_everything
+from covid_imaging.training import as_float32, device_settings, seed_everything, training_device
 
 matplotlib.use("Agg")
 logger = logging.getLogger(__name__)
@@ -284,14 +284,16 @@ def _dataset(rows: pd.DataFrame, data: dict[str, Any], training: bool):
     )
 
 
-def _build(model_params: dict[str, Any], data: dict[str, Any]) -> keras.Model:
+def _build(model_params: dict[str, Any], data: dict[str, Any], training: dict[str, Any]) -> keras.Model:
     # Registry and strategy keys are not builder arguments (see covid_imaging.registry).
     options = {k: v for k, v in model_params.items() if k not in NON_BUILDER_MODEL_KEYS}
     if "freeze_base" in options:
         options["freeze_base"] = _strategy(model_params) == "two_phase"
-    return build_classifier(
-        model_params["builder"], n_classes=len(data["classes"]), input_size=int(data["image_size"]), **options
-    )
+    # The dtype policy and strategy hold while this model is built; layers keep them.
+    with training_device(*device_settings(training)) as strategy, strategy.scope():
+        return build_classifier(
+            model_params["builder"], n_classes=len(data["classes"]), input_size=int(data["image_size"]), **options
+        )
 
 
 def _strategy(model_params: dict[str, Any]) -> str:
@@ -330,7 +332,7 @@ def cross_validate(
         seed_everything(int(data["seed"]) + fold)
         fold_train = development[development["cv_fold"].astype(int) != fold]
         fold_validation = development[development["cv_fold"].astype(int) == fold]
-        model = _build(model_params, data)
+        model = _build(model_params, data, training)
         _, history = _fit(model, model_params, training, _dataset(fold_train, data, True),
                           _dataset(fold_validation, data, False), _labels(fold_train, data))
         best = int(np.nanargmin(history["val_loss"]))
@@ -351,12 +353,12 @@ def train_classification_model(
     cv_scores = cross_validate(inputs, model_params, training, data) if data.get("cross_validation") else {}
     seed_everything(int(data["seed"]))
     train, validation = _rows(inputs, data, "train"), _rows(inputs, data, "validation")
-    model = _build(model_params, data)
+    model = _build(model_params, data, training)
     logger.info("Training %s (%d parameters) on %d images of %s", model_params["builder"], model.count_params(),
                 len(train), data["classes"])
     model, history = _fit(model, model_params, training, _dataset(train, data, True), _dataset(validation, data, False),
                           _labels(train, data))
-    return model, {**history, **cv_scores}
+    return as_float32(model), {**history, **cv_scores}
 
 
 def transfer_and_fine_tune(
@@ -367,13 +369,14 @@ def transfer_and_fine_tune(
     the new head with the rest frozen, then unfreeze everything and fine-tune at 1e-4."""
     seed_everything(int(data["seed"]))
     train, validation = _rows(inputs, data, "train"), _rows(inputs, data, "validation")
-    model = _build(model_params, data)
+    model = _build(model_params, data, training)
     copied = transfer_weights(source_model, model)
     logger.info("Transferred %d layers from %s", len(copied), source_model.name)
-    return fine_tune_two_phase(
+    model, history = fine_tune_two_phase(
         model, _dataset(train, data, True), _dataset(validation, data, False), training["head"], training["fine_tune"],
         unfreeze="all", train_labels=_labels(train, data),
     )
+    return as_float32(model), history
 
 
 def _predict(model: keras.Model, rows: pd.DataFrame, data: dict[str, Any]) -> np.ndarray:

@@ -34,6 +34,7 @@ from covid_imaging.segmentation.training import (
     train_segmentation_model,
     training_device,
 )
+from covid_imaging.training import as_float32
 
 logger = logging.getLogger(__name__)
 
@@ -161,15 +162,16 @@ def train_segmentation(
 
     train_ds, validation_ds = dataset(train, True), dataset(validation, False)
     # The dtype policy (mixed precision) holds while this model is built and trained only.
-    with training_device(bool(resolved["mixed_precision"]), bool(resolved["multi_gpu"])) as strategy:
+    with training_device(resolved["mixed_precision"], bool(resolved["multi_gpu"])) as strategy:
         with strategy.scope():
             model = build_segmentation_model(model_params["builder"], input_size=image_size, **architecture)
         logger.info(
             "Training %s (%d parameters) on %d images, validating on %d; mask convention heads %s",
             model_params["builder"], model.count_params(), len(train), len(validation), list(conventions) or "one",
         )
-        return train_segmentation_model(model, train_ds, validation_ds, training_params,
-                                        name=str(model_params["builder"]))
+        model, history = train_segmentation_model(model, train_ds, validation_ds, training_params,
+                                                  name=str(model_params["builder"]))
+    return as_float32(model), history
 
 
 def evaluate_on_test(
