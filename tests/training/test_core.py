@@ -13,6 +13,7 @@ from covid_imaging.segmentation.training import train_segmentation_model
 from covid_imaging.training import (
     as_float32,
     batchnorm_layers,
+    device_settings,
     dtype_policy_for,
     native_bfloat16_cpu,
     precision_policy,
@@ -202,16 +203,32 @@ def test_an_unknown_mixed_precision_value_fails_with_the_key():
     assert resolve_training_params({"mixed_precision": "bfloat16"})["mixed_precision"] == "bfloat16"
 
 
+def test_a_model_trained_in_phases_asks_once_for_its_precision():
+    assert device_settings({"head": {"mixed_precision": "bfloat16"}, "fine_tune": {"mixed_precision": "bfloat16"}}) == (
+        "bfloat16", False)
+    assert device_settings({"main": {"epochs": 3}}) == (False, False)  # the core's defaults
+    with pytest.raises(ValueError, match=r"same in every phase.*'head': \('bfloat16', False\)"):
+        device_settings({"head": {"mixed_precision": "bfloat16"}, "fine_tune": {}})
+    with pytest.raises(ValueError, match=r"mixed_precision.*'fp8'"):
+        device_settings({"main": {"mixed_precision": "fp8"}})
+
+
 def test_a_model_trained_in_bfloat16_is_returned_computing_in_float32():
     keras.utils.set_random_seed(0)
     with precision_policy("mixed_bfloat16"):
         inputs = keras.Input((4, 4, 1))
-        features = keras.layers.BatchNormalization(name="bn")(keras.layers.Conv2D(3, 3, name="conv")(inputs))
+        backbone = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Conv2D(3, 3, name="conv")], name="backbone")
+        features = keras.layers.BatchNormalization(name="bn")(backbone(inputs))
         outputs = keras.layers.Dense(2, activation="softmax", dtype="float32")(keras.layers.Flatten()(features))
         trained = keras.Model(inputs, outputs, name="bf16_classifier")
-    assert trained.get_layer("conv").compute_dtype == "bfloat16"
+
+    def compute_dtypes(model):  # nested models' layers included
+        return {dtype for layer in model.layers
+                for dtype in (compute_dtypes(layer) if isinstance(layer, keras.Model) else {layer.compute_dtype})}
+
+    assert trained.get_layer("backbone").get_layer("conv").compute_dtype == "bfloat16"
     converted = as_float32(trained)
-    assert {layer.compute_dtype for layer in converted.layers} == {"float32"}
+    assert compute_dtypes(converted) == {"float32"}
     assert converted.name == trained.name
     for before, after in zip(trained.get_weights(), converted.get_weights(), strict=True):
         np.testing.assert_array_equal(before, after)

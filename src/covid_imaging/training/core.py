@@ -430,8 +430,8 @@ def as_float32(model: keras.Model) -> keras.Model:
     def rebuild(layer: keras.layers.Layer) -> keras.layers.Layer:
         return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
 
-    with precision_policy("float32"):
-        converted = keras.models.clone_model(model, clone_function=rebuild)
+    with precision_policy("float32"):  # recursive: the layers of nested models too
+        converted = keras.models.clone_model(model, clone_function=rebuild, recursive=True)
     converted.set_weights(model.get_weights())
     return converted
 
