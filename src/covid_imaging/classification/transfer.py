@@ -182,7 +182,7 @@ def replace_head(
         raise ValueError(
             f"Model {model.name!r} has no head layer named {head_layer_name!r}"
         ) from error
-    outputs = keras.layers.Dense(n_classes, activation="softmax", name=CLASSIFIER_LAYER_NAME)(
+    outputs = keras.layers.Dense(n_classes, activation="softmax", name=CLASSIFIER_LAYER_NAME, dtype="float32")(
         features
     )
     return keras.Model(model.input, outputs, name=model.name)
