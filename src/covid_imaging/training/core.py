@@ -40,6 +40,7 @@ loss, metrics and task-specific defaults::
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import random
@@ -91,6 +92,12 @@ DEVICE_KEYS = ("mixed_precision", "multi_gpu")
 MIXED_PRECISION_CHOICES = (False, True, "bfloat16")
 
 
+def _checked_mixed_precision(value: Any, where: str) -> bool | str:
+    if value not in MIXED_PRECISION_CHOICES:
+        raise ValueError(f"{where}.mixed_precision must be false, true or 'bfloat16', got {value!r}")
+    return value
+
+
 def resolve_training_params(
     params: Mapping[str, Any] | None,
     task_defaults: Mapping[str, Any] | None = None,
@@ -106,10 +113,7 @@ def resolve_training_params(
     resolved = merge_params(defaults, params, where=where)
     if resolved["optimizer"] not in OPTIMIZERS:
         raise ValueError(f"{where}.optimizer must be one of {list(OPTIMIZERS)}, got {resolved['optimizer']!r}")
-    if resolved["mixed_precision"] not in MIXED_PRECISION_CHOICES:
-        raise ValueError(
-            f"{where}.mixed_precision must be false, true or 'bfloat16', got {resolved['mixed_precision']!r}"
-        )
+    _checked_mixed_precision(resolved["mixed_precision"], where)
     if resolved["jit_compile"] not in (True, False, "auto"):
         raise ValueError(f"{where}.jit_compile must be true, false or 'auto', got {resolved['jit_compile']!r}")
     if int(resolved["epochs"]) < 1:
@@ -352,17 +356,22 @@ def configure_gpus() -> list[Any]:
     return gpus
 
 
+@functools.cache
+def _proc_cpuinfo() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as file:
+            return file.read()
+    except OSError:  # not Linux
+        return ""
+
+
 def native_bfloat16_cpu(cpuinfo: str | None = None) -> bool:
     """Whether this CPU computes bfloat16 in hardware (AMX-BF16 or AVX512-BF16 in ``/proc/cpuinfo``).
 
     Elsewhere oneDNN emulates bfloat16, slower than float32. Not Linux: ``False``.
     """
     if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8") as file:
-                cpuinfo = file.read()
-        except OSError:
-            return False
+        cpuinfo = _proc_cpuinfo()
     flags = set()
     for line in cpuinfo.splitlines():
         if line.startswith("flags"):
@@ -376,9 +385,7 @@ def dtype_policy_for(mixed_precision: bool | str, has_gpu: bool) -> str:
     ``true``: ``mixed_float16`` on a GPU, ``float32`` on a CPU (float16 is emulated there).
     ``'bfloat16'``: ``mixed_bfloat16`` on a GPU or a CPU that computes it natively, else ``float32``.
     """
-    if mixed_precision not in MIXED_PRECISION_CHOICES:
-        raise ValueError(f"mixed_precision must be false, true or 'bfloat16', got {mixed_precision!r}")
-    if mixed_precision == "bfloat16":
+    if _checked_mixed_precision(mixed_precision, "training") == "bfloat16":
         return "mixed_bfloat16" if has_gpu or native_bfloat16_cpu() else "float32"
     return "mixed_float16" if mixed_precision is True and has_gpu else "float32"
 
@@ -413,9 +420,7 @@ def device_settings(phases: Mapping[str, Mapping[str, Any] | None]) -> tuple[boo
             f"once), got {found}"
         )
     mixed_precision, multi_gpu = next(iter(found.values()), (False, False))
-    if mixed_precision not in MIXED_PRECISION_CHOICES:
-        raise ValueError(f"training.mixed_precision must be false, true or 'bfloat16', got {mixed_precision!r}")
-    return mixed_precision, bool(multi_gpu)
+    return _checked_mixed_precision(mixed_precision, "training"), bool(multi_gpu)
 
 
 def as_float32(model: keras.Model) -> keras.Model:
