@@ -77,12 +77,15 @@ class BytesDataset(AbstractDataset[bytes, bytes]):
     def load(self) -> bytes:
         path = get_filepath_str(self._filepath, self._protocol)
         try:
-            size = self._fs.size(path)
-            if size is not None and size > self._max_bytes:
-                raise UnreadableFileError(
-                    path, f"{size:,} bytes, over the {self._max_bytes:,}-byte limit of the raw-file dataset"
-                )
             with self._fs.open(path, "rb") as handle:
+                # The size from the open handle: a separate fs.size() cost as much again per file.
+                size = handle.seek(0, os.SEEK_END) if handle.seekable() else None
+                if size is not None and size > self._max_bytes:
+                    raise UnreadableFileError(
+                        path, f"{size:,} bytes, over the {self._max_bytes:,}-byte limit of the raw-file dataset"
+                    )
+                if size is not None:
+                    handle.seek(0)
                 data = handle.read()
         except OSError as error:
             raise UnreadableFileError(path, _describe_os_error(error, path)) from error
@@ -100,3 +103,12 @@ class BytesDataset(AbstractDataset[bytes, bytes]):
     def _describe(self) -> dict[str, Any]:
         # Never include credentials here: Kedro logs and Kedro-Viz show this dict.
         return {"filepath": str(self._filepath), "protocol": self._protocol}
+
+    def __repr__(self) -> str:
+        # Kedro formats str(self) for a debug line on every load and save; its generic repr
+        # (pprint and URL redaction) held the GIL longer per image than decoding the image.
+        # Same text; a path that could carry credentials still goes through Kedro's redaction.
+        path = str(self._filepath)
+        if any(character in path for character in "@?#"):
+            return super().__repr__()
+        return f"{type(self).__module__}.{type(self).__name__}(filepath={path!r}, protocol={self._protocol!r})"
