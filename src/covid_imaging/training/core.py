@@ -52,7 +52,9 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+from keras.src.backend.common import global_state as keras_global_state
 from keras.src.random import seed_generator as keras_seed_generator
+from keras.src.utils.rng_utils import GLOBAL_RANDOM_SEED
 
 from covid_imaging.params import merge_params
 from covid_imaging.progress import format_duration
@@ -296,23 +298,35 @@ def build_callbacks(params: Mapping[str, Any], monitor: str) -> list[keras.callb
 # ------------------------------------------------------------ seeds and devices
 
 
+class _SeedToken(int):
+    """The seed as :func:`seed_everything` hands it to Keras, which keeps that very object
+    (per thread) as its global seed: identity tells whether a later
+    ``keras.utils.set_random_seed`` has replaced it, even with the same number."""
+
+
 class _ThreadSeededRandom:
     """What Keras draws its default layer and initializer seeds from (``randint``).
 
     Keras takes them from Python's global ``random``, which every thread shares: in a
     Dask worker (or under Kedro's ThreadRunner) other threads draw from it while a model
     is built, so the same seed gave other weights and other training. The thread that
-    called :func:`seed_everything` draws from its own seeded generator instead; other
-    threads keep the global one. No Keras API exists for this, hence the module attribute.
+    called :func:`seed_everything` draws from its own seeded generator instead, until
+    Keras' seed is set again in that thread (then plain ``keras.utils.set_random_seed``
+    reproduces builds as usual); other threads keep the global one. No Keras API exists
+    for this, hence the module attribute.
     """
 
     _local = threading.local()
 
-    def seed(self, seed: int) -> None:
+    def seed(self, seed: _SeedToken) -> None:
+        self._local.token = seed
         self._local.generator = random.Random(int(seed))
 
     def randint(self, low: int, high: int) -> int:
-        return getattr(self._local, "generator", random).randint(low, high)
+        token = getattr(self._local, "token", None)
+        if token is not None and keras_global_state.get_global_attribute(GLOBAL_RANDOM_SEED) is token:
+            return self._local.generator.randint(low, high)
+        return random.randint(low, high)
 
     def __getattr__(self, name: str) -> Any:  # anything else Keras may use: the global module
         return getattr(random, name)
@@ -326,8 +340,9 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     """Seed Python's ``random``, NumPy and TensorFlow/Keras, and this thread's draws of
     Keras' layer seeds; with ``deterministic``, also make TensorFlow ops deterministic
     where it can (same seed, same run, on one machine, whatever other threads do)."""
-    keras.utils.set_random_seed(int(seed))
-    _KERAS_SEEDS.seed(int(seed))
+    token = _SeedToken(int(seed))
+    keras.utils.set_random_seed(token)
+    _KERAS_SEEDS.seed(token)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
 
