@@ -3,7 +3,8 @@
 ``speed`` (default): N images (default 5,000) through the preprocessing node and the
 catalog's ``SwappedPartitionedDataset`` (read → decode → chain → PNG encode → atomic
 write, swapped in whole), with the ``compute`` backend set to one thread, all local
-cores, and ``LocalCluster(2)``, in several rounds. Each rate is printed with its ratio to
+cores, and ``LocalCluster(2)``, in several rounds (the thread rounds first, then the
+LocalCluster rounds, so no thread run follows a cluster in the same process). Each rate is printed with its ratio to
 the limit measured in the same round, just before and just after its runs (the higher
 of the two): bare OpenCV decode + the same chain + PNG encode of the same files already
 in memory, on all cores (threads; no file I/O, no Kedro). The median ratio over the
@@ -122,30 +123,40 @@ def speed(args: argparse.Namespace, params: dict) -> None:
               f"{args.rounds} rounds")
         # The machine's speed drifts (shared cores, CPU boost): each round measures the limit
         # just before and just after its runs, and each run's ratio uses the higher of the two.
+        # The LocalCluster rounds come after all thread rounds: in one process, thread runs
+        # that followed a LocalCluster run were 3-9 % slower (3 pairs), which no user's run sees.
         rates: dict[str, list[float]] = {label: [] for label in computes}
         ratios: dict[str, list[float]] = {label: [] for label in computes}
         limits, one_thread_limits = [], []
+        thread_computes = {label: c for label, c in computes.items() if "dask" not in c}
+        dask_computes = {label: c for label, c in computes.items() if "dask" in c}
         limit = bare_limit(blobs, config, cores)
-        for _ in range(args.rounds):
-            one_thread_limits.append(bare_limit(blobs, config, 1))
-            round_rates = {}
-            for label, compute in computes.items():
-                if "dask" in compute:  # start the cluster before the clock, as a running cluster would be
-                    from covid_imaging.compute import ComputeConfig, dask_client  # noqa: PLC0415
+        for phase in (thread_computes, dask_computes):
+            for _ in range(args.rounds):
+                if phase is thread_computes:
+                    one_thread_limits.append(bare_limit(blobs, config, 1))
+                round_rates = {}
+                for label, compute in phase.items():
+                    if "dask" in compute:  # start the cluster before the clock, as a running cluster would be
+                        from covid_imaging.compute import (  # noqa: PLC0415
+                            ComputeConfig,
+                            dask_client,
+                        )
 
-                    dask_client(ComputeConfig.from_params(compute))
-                seconds, n = run_step(raw, out, compute, params)
-                round_rates[label] = n / seconds
-                shutil.rmtree(out, ignore_errors=True)
-            close_dask_clients()
-            next_limit = bare_limit(blobs, config, cores)
-            round_limit = max(limit, next_limit)
-            limits.append(round_limit)
-            for label, rate in round_rates.items():
-                rates[label].append(rate)
-                ratios[label].append(rate / round_limit)
-            one_thread_limits[-1] /= round_limit
-            limit = next_limit
+                        dask_client(ComputeConfig.from_params(compute))
+                    seconds, n = run_step(raw, out, compute, params)
+                    round_rates[label] = n / seconds
+                    shutil.rmtree(out, ignore_errors=True)
+                close_dask_clients()
+                next_limit = bare_limit(blobs, config, cores)
+                round_limit = max(limit, next_limit)
+                limits.append(round_limit)
+                for label, rate in round_rates.items():
+                    rates[label].append(rate)
+                    ratios[label].append(rate / round_limit)
+                if phase is thread_computes:
+                    one_thread_limits[-1] /= round_limit
+                limit = next_limit
     print(f"limit, bare decode+chain+encode, all cores, per round: "
           f"{', '.join(f'{value:.1f}' for value in limits)} images/s")
     print("| compute | images/s per round | ratio to the round's all-core limit (median; per round) |")
@@ -187,7 +198,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     parser.add_argument("--n-images", type=int, default=None)
     parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=3, help="speed: rounds of (limit, the three runs, limit)")
+    parser.add_argument("--rounds", type=int, default=3, help="speed: rounds of (limit, the two thread runs, limit), then of (LocalCluster run, limit)")
     args = parser.parse_args()
     if not (args.data / "manifest.csv").exists():
         sys.exit(f"no manifest.csv under {args.data}")
