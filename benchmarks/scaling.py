@@ -4,11 +4,12 @@
 catalog's ``SwappedPartitionedDataset`` (read → decode → chain → PNG encode → atomic
 write, swapped in whole), with the ``compute`` backend set to one thread, all local
 cores, and ``LocalCluster(2)``, in several rounds (the thread rounds first, then the
-LocalCluster rounds, so no thread run follows a cluster in the same process). Each rate is printed with its ratio to
-the limit measured in the same round, just before and just after its runs (the higher
-of the two): bare OpenCV decode + the same chain + PNG encode of the same files already
-in memory, on all cores (threads; no file I/O, no Kedro). The median ratio over the
-rounds is the figure; the spread shows how much the machine drifted.
+LocalCluster rounds, so no thread run follows a cluster in the same process). The limit
+is bare OpenCV decode + the same chain + PNG encode of the same files already in memory,
+on all cores (threads; no file I/O, no Kedro), measured right before and right after
+every run, because the machine's speed drifts within a minute. Each rate is printed with
+its ratio to the mean of its two adjacent limits and, the conservative reading, to the
+higher of the two; the median over the rounds is the figure.
 
 ``scale``: N images (default 34,000) through ingestion (list, decode, hash, validate)
 and preprocessing, with wall time and peak resident memory of this process (the
@@ -34,6 +35,7 @@ import sys
 import tempfile
 import time
 import zlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -42,7 +44,7 @@ import numpy as np
 import pandas as pd
 from kedro_datasets.partitions import PartitionedDataset
 
-from covid_imaging.compute import close_dask_clients, local_cores
+from covid_imaging.compute import ComputeConfig, close_dask_clients, dask_client, local_cores
 from covid_imaging.datasets.swapped_partitions import SwappedPartitionedDataset
 from covid_imaging.imaging.io import decode_gray
 from covid_imaging.imaging.preprocessing import PreprocessingConfig, preprocess_gray
@@ -121,51 +123,48 @@ def speed(args: argparse.Namespace, params: dict) -> None:
         print(f"{len(paths)} images replicated from {args.data} (mean {megapixels:.2f} MP), output "
               f"{config.image_size}x{config.image_size}, the default chain; {cores} local cores; "
               f"{args.rounds} rounds")
-        # The machine's speed drifts (shared cores, CPU boost): each round measures the limit
-        # just before and just after its runs, and each run's ratio uses the higher of the two.
-        # The LocalCluster rounds come after all thread rounds: in one process, thread runs
-        # that followed a LocalCluster run were 3-9 % slower (3 pairs), which no user's run sees.
-        rates: dict[str, list[float]] = {label: [] for label in computes}
-        ratios: dict[str, list[float]] = {label: [] for label in computes}
-        limits, one_thread_limits = [], []
-        thread_computes = {label: c for label, c in computes.items() if "dask" not in c}
-        dask_computes = {label: c for label, c in computes.items() if "dask" in c}
-        limit = bare_limit(blobs, config, cores)
-        for phase in (thread_computes, dask_computes):
-            for _ in range(args.rounds):
-                if phase is thread_computes:
-                    one_thread_limits.append(bare_limit(blobs, config, 1))
-                round_rates = {}
-                for label, compute in phase.items():
-                    if "dask" in compute:  # start the cluster before the clock, as a running cluster would be
-                        from covid_imaging.compute import (  # noqa: PLC0415
-                            ComputeConfig,
-                            dask_client,
-                        )
+        # The machine's speed drifts by up to 20 % within a minute (shared cores, CPU boost),
+        # so the all-core limit is measured right before and right after every run; each
+        # ratio is the run's rate over the mean of those two limits (and, the conservative
+        # reading, over the higher of the two). The LocalCluster rounds come after all thread
+        # rounds: thread runs that followed a LocalCluster in one process were 3-9 % slower
+        # (3 pairs), which no user's run sees.
+        def step_run(compute: dict) -> Callable[[], float]:
+            def run() -> float:
+                if "dask" in compute:  # start the cluster before the clock, as a running cluster would be
+                    dask_client(ComputeConfig.from_params(compute))
+                seconds, n = run_step(raw, out, compute, params)
+                shutil.rmtree(out, ignore_errors=True)
+                return n / seconds
+            return run
 
-                        dask_client(ComputeConfig.from_params(compute))
-                    seconds, n = run_step(raw, out, compute, params)
-                    round_rates[label] = n / seconds
-                    shutil.rmtree(out, ignore_errors=True)
-                close_dask_clients()
-                next_limit = bare_limit(blobs, config, cores)
-                round_limit = max(limit, next_limit)
-                limits.append(round_limit)
-                for label, rate in round_rates.items():
+        runs: dict[str, Callable[[], float]] = {"bare limit, one thread": lambda: bare_limit(blobs, config, 1)}
+        runs.update({label: step_run(compute) for label, compute in computes.items()})
+        phases = [[label for label in runs if "dask" not in computes.get(label, {})],
+                  [label for label in runs if "dask" in computes.get(label, {})]]
+        rates: dict[str, list[float]] = {label: [] for label in runs}
+        to_mean: dict[str, list[float]] = {label: [] for label in runs}
+        to_higher: dict[str, list[float]] = {label: [] for label in runs}
+        limits = [bare_limit(blobs, config, cores)]
+        for phase in phases:
+            for _ in range(args.rounds):
+                for label in phase:
+                    rate = runs[label]()
+                    close_dask_clients()
+                    limits.append(bare_limit(blobs, config, cores))
+                    before, after = limits[-2], limits[-1]
                     rates[label].append(rate)
-                    ratios[label].append(rate / round_limit)
-                if phase is thread_computes:
-                    one_thread_limits[-1] /= round_limit
-                limit = next_limit
-    print(f"limit, bare decode+chain+encode, all cores, per round: "
-          f"{', '.join(f'{value:.1f}' for value in limits)} images/s")
-    print("| compute | images/s per round | ratio to the round's all-core limit (median; per round) |")
-    print("|---|---|---|")
-    for label in computes:
+                    to_mean[label].append(rate / ((before + after) / 2))
+                    to_higher[label].append(rate / max(before, after))
+    print(f"all-core limit (bare decode+chain+encode), measured {len(limits)} times: "
+          f"min {min(limits):.1f}, median {np.median(limits):.1f}, max {max(limits):.1f} images/s")
+    print("| compute | images/s per round | ratio to the mean of the adjacent limits: median (per round) "
+          "| ratio to the higher adjacent limit: median (per round) |")
+    print("|---|---|---|---|")
+    for label in [*computes, "bare limit, one thread"]:
         print(f"| {label} | {', '.join(f'{rate:.1f}' for rate in rates[label])} | "
-              f"{np.median(ratios[label]):.2f} ({', '.join(f'{ratio:.2f}' for ratio in ratios[label])}) |")
-    print(f"| (bare limit, one thread) | | {np.median(one_thread_limits):.2f} "
-          f"({', '.join(f'{ratio:.2f}' for ratio in one_thread_limits)}) |")
+              f"{np.median(to_mean[label]):.2f} ({', '.join(f'{r:.2f}' for r in to_mean[label])}) | "
+              f"{np.median(to_higher[label]):.2f} ({', '.join(f'{r:.2f}' for r in to_higher[label])}) |")
 
 
 def scale(args: argparse.Namespace, params: dict) -> None:
