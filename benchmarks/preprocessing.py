@@ -31,7 +31,7 @@ from covid_imaging.imaging.preprocessing import PreprocessingConfig, preprocess_
 from covid_imaging.pipelines.preprocessing.nodes import preprocess_images
 
 REFERENCE_CHAIN = {
-    "resize": {"size": 256, "interpolation": "area"},
+    "resize": {"size": 256, "interpolation": "area", "mode": "stretch"},  # the reference squashes
     "gaussian_blur": {"enabled": True, "kernel_size": 3},
     "morphological_gradient": {"enabled": True, "kernel_size": 3, "iterations": 2},
     "clahe": {"enabled": True, "clip_limit": 2.0, "tile_grid_size": 8},
@@ -62,7 +62,7 @@ def main() -> None:
     files = sorted(p for p in args.data.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg") and "/masks/" not in str(p))
     if not files:
         sys.exit(f"no images under {args.data}")
-    params = {**REFERENCE_CHAIN, "resize": {"size": args.size, "interpolation": "area"}}
+    params = {**REFERENCE_CHAIN, "resize": {**REFERENCE_CHAIN["resize"], "size": args.size}}
     config = PreprocessingConfig.from_params(params)
 
     def run_step(n_images: int, out: Path) -> float:
