@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from covid_imaging.imaging.io import decode_gray
+from covid_imaging.imaging.io import binary_mask, decode_gray
 from covid_imaging.imaging.preprocessing import resize_image, restore_native_size
 from covid_imaging.segmentation.metrics import dice_score
 
@@ -50,7 +50,7 @@ def main() -> None:
     print("|---|---|" + "---|" * len(args.sizes))
     for source, rows in with_masks.groupby("source"):
         paths = rows["mask_path"].head(args.per_source) if args.per_source else rows["mask_path"]
-        masks = [decode_gray((args.data / path).read_bytes()) > 127 for path in paths]
+        masks = [binary_mask(decode_gray((args.data / path).read_bytes())) for path in paths]
         cells = []
         for size in args.sizes:
             scores = [round_trip_dice(mask, size) for mask in masks]

@@ -1,7 +1,7 @@
 """Per-image work on all local cores or on a Dask cluster: one ordered, bounded map.
 
 Every per-image stage (ingestion checks, preprocessing, lung masking, scoring of
-segmentation predictions) maps a function over its images with :func:`ordered_map`.
+segmentation predictions, inference's decoding and post-processing) maps a function over its images with :func:`ordered_map`.
 The work runs on one of three existing engines, chosen by the ``compute`` parameters
 (``conf/base/parameters/compute.yml``):
 

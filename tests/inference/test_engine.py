@@ -128,3 +128,68 @@ def test_a_convention_the_model_has_no_head_for_is_refused():
     settings = InferenceSettings(preprocessing={}, segmentation_postprocessing={}, lung_masking={}, mask_convention="jsrt")
     with pytest.raises(ValueError, match=r"no 'jsrt' head; its mask convention heads are \['v7', 'nlm'\]"):
         InferenceEngine(InferenceModels(LoadedModel(spec, _two_head_lung_model(), "v")), settings)
+
+
+def _engine_on_files(tmp_path, compute):
+    """An engine with a segmentation model and a lung-crop classifier, and loaders of
+    files on disk (picklable, as the catalog's are) including one corrupt file."""
+    from functools import partial
+    from pathlib import Path
+
+    from covid_imaging.imaging.io import encode_png
+    from covid_imaging.inference.engine import InferenceEngine, InferenceModels, InferenceSettings
+    from tests.inference.helpers import radiograph, threshold_model, tiny_classifier
+
+    registry = load_registry()
+    models = InferenceModels(
+        LoadedModel(registry.get("segmentation", "unet"), threshold_model(), "v"),
+        (LoadedModel(registry.get("cxr_classification", "simple_cnn_scratch"), tiny_classifier(3), "v"),),
+    )
+    settings = InferenceSettings(
+        preprocessing={"resize": {"size": 32}}, segmentation_postprocessing={"local_threshold": {"enabled": False}},
+        lung_masking={"enabled": True, "crop_to_bbox": True, "margin_px": 2, "min_lung_area_fraction": 0.0,
+                      "postprocessing": {"local_threshold": {"enabled": False}}},
+        gradcam=True, compute=compute,
+    )
+    rows, raw_files = [], {}
+    for index, (height, width) in enumerate([(64, 64), (80, 60), (70, 90), (64, 64), (50, 50)]):
+        image, mask = radiograph(height, width, seed=index)
+        for key, content in ((f"{index}.png", encode_png(image)), (f"{index}_mask.png", encode_png(mask))):
+            (tmp_path / key).write_bytes(content)
+            raw_files[key] = partial(Path.read_bytes, tmp_path / key)
+        rows.append({"image_id": f"i{index}", "image_key": f"{index}.png", "task": "cxr", "source": "s",
+                     "label": "normal", "mask_key": f"{index}_mask.png" if index % 2 else ""})
+    (tmp_path / "3.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    return InferenceEngine(models, settings), pd.DataFrame(rows), raw_files
+
+
+def _outputs(results):
+    return [(r.row, r.files, r.thumbnail, {k: v.tolist() for k, v in r.probabilities.items()}) for r in results]
+
+
+@pytest.mark.parametrize("compute", [
+    {"backend": "threads", "n_workers": 2},
+    pytest.param({"dask": {"scheduler_address": "local", "n_workers": 2}}, marks=pytest.mark.slow),
+])
+def test_inference_on_the_compute_backend_equals_the_in_process_run(tmp_path, compute):
+    """Decoding and post-processing on threads or a Dask LocalCluster: the same rows (with
+    Dice against true masks), files, thumbnails and probabilities as one thread; a corrupt
+    file is rejected with its decoder's reason on every backend."""
+    from covid_imaging.compute import close_dask_clients
+
+    serial, rows, raw_files = _engine_on_files(tmp_path, {"backend": "serial"})
+    expected, expected_rejected = serial.process(rows, raw_files)
+    engine, _, _ = _engine_on_files(tmp_path, compute)
+    try:
+        results, rejected = engine.process(rows, raw_files)
+    finally:
+        close_dask_clients()
+    assert [r.row["image_id"] for r in expected] == ["i0", "i1", "i2", "i4"]
+    assert "dice_native" in expected[1].row and expected[1].row["dice_native"] > 0.5
+    assert {"masks/i0.png", "overlays/i0.png", "gradcam/simple_cnn_scratch/i0.png"} <= set(expected[0].files)
+    assert expected[0].row["simple_cnn_scratch.input"] == "lungs"
+    assert [r["file"] for r in expected_rejected] == ["3.png"]
+    assert "cannot be read at inference: " in expected_rejected[0]["reason"]
+    assert expected_rejected[0]["reason"] != "cannot be read at inference: "
+    assert rejected == expected_rejected
+    assert _outputs(results) == _outputs(expected)

@@ -199,6 +199,16 @@ def check_pixel_budget(header: ImageHeader, max_pixels: int) -> None:
         )
 
 
+def pixel_budget(width: Any, height: Any) -> int:
+    """The decode budget of a listed image: the default, or the image's own size where
+    ingestion accepted a larger one (a missing or invalid size: the default)."""
+    try:
+        accepted = int(width) * int(height)
+    except (TypeError, ValueError):
+        accepted = 0
+    return max(DEFAULT_MAX_PIXELS, accepted)
+
+
 # ----------------------------------------------------------------------------- decoding
 
 
@@ -313,6 +323,11 @@ def to_gray_uint8(image: DecodedImage | np.ndarray) -> np.ndarray:
 def decode_gray(data: bytes) -> np.ndarray:
     """Decode bytes straight to the gray ``uint8`` representation."""
     return to_gray_uint8(decode_image(data))
+
+
+def binary_mask(gray: np.ndarray) -> np.ndarray:
+    """A mask image (0/255, or anti-aliased gray levels) as booleans: above mid-gray is inside."""
+    return gray > 127
 
 
 def encode_png(gray: np.ndarray) -> bytes:

@@ -17,12 +17,10 @@ spool on disk (``pipelines/inference/nodes.SpooledRun``), so memory is one batch
 from __future__ import annotations
 
 import base64
-import functools
 import logging
-import os
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import cv2
@@ -34,7 +32,8 @@ from covid_imaging.classification.masking import (
     black_out_lungs,
     lung_area_fraction,
 )
-from covid_imaging.imaging.io import DEFAULT_MAX_PIXELS, decode_image, to_gray_uint8
+from covid_imaging.compute import ComputeConfig, ordered_map
+from covid_imaging.imaging.io import decode_image, pixel_budget, to_gray_uint8
 from covid_imaging.imaging.preprocessing import PreprocessingConfig, preprocess_gray
 from covid_imaging.inference.models import LoadedModel
 from covid_imaging.registry import modalities
@@ -85,7 +84,9 @@ class InferenceSettings:
     contour_thickness: int = 2
     thumbnail_size: int = 160
     write_files: bool = True
-    n_workers: int = 0  # threads decoding and post-processing the images of a batch (0: one per CPU)
+    # Where each image's decoding, preprocessing and post-processing run (the ``compute``
+    # parameters: local threads by default, or a Dask cluster).
+    compute: Mapping[str, Any] = field(default_factory=dict)
     # Which head of a model with one head per mask convention draws the output masks
     # (and is scored against true masks): a convention name for every image, or None for
     # each image's source's convention in ``source_conventions`` where the model has a
@@ -201,6 +202,76 @@ def classifier_input(image: np.ndarray, size: int, channels: int) -> np.ndarray:
     return np.repeat(resized, channels, axis=-1) if channels > 1 else resized
 
 
+# ------------------------------------------------------------------ per image, on the compute map
+# Module-level functions of picklable arguments: the ``processes`` and ``dask`` backends
+# send them to other processes.
+
+
+def read_image(item: tuple[Callable[[], bytes], int], config: PreprocessingConfig) -> tuple[np.ndarray, np.ndarray] | str:
+    """``(gray, preprocessed)`` of the file ``load()`` returns, decoded within ``max_pixels``
+    (``item = (load, max_pixels)``), or why it cannot be read: a string, because not every
+    decoder's exception survives the trip back from a Dask worker."""
+    load, max_pixels = item
+    try:
+        gray = to_gray_uint8(decode_image(load(), max_pixels))
+        return gray, preprocess_gray(gray, config)
+    except Exception as error:  # noqa: BLE001 - reported as a rejected file by the caller
+        return str(error) or type(error).__name__
+
+
+@dataclass(frozen=True)
+class SegmentationPost:
+    """What turns an image's probability maps into its segmentation outputs (from the settings)."""
+
+    namespace: str
+    preprocessing: Mapping[str, Any]
+    postprocessing: Mapping[str, Any]
+    qc: Mapping[str, Any]
+    contour_thickness: int
+    write_files: bool
+    # The classifiers' lung crop: the preprocessed size and lung_masking.postprocessing;
+    # None when no chosen classifier takes a lung crop.
+    crop: tuple[int, Mapping[str, Any] | None] | None
+
+
+@dataclass
+class SegmentationOutputs:
+    row: dict[str, Any]
+    files: dict[str, bytes]
+    overlay: np.ndarray
+    crop_mask: np.ndarray | None  # the lung mask at the preprocessed size, for the classifiers' lung crop
+
+
+def segmentation_outputs(
+    item: tuple[str, np.ndarray, np.ndarray, np.ndarray, Callable[[], bytes] | None], post: SegmentationPost
+) -> SegmentationOutputs:
+    """Native mask, overlay, statistics and (with a true mask) Dice/IoU of one image.
+
+    ``item = (image_id, gray, probability_map, crop_map, load_true_mask)``: the map of the
+    head that draws the output mask, and the default head's map that the classifiers'
+    lung crop is made from (as the classification pipeline's ``mask_lungs`` makes it).
+    """
+    image_id, gray, probability_map, crop_map, load_true_mask = item
+    height, width = gray.shape
+    native_map, native_mask = native_lung_mask(probability_map, height, width, post.preprocessing, post.postprocessing)
+    row = {"segmentation_model": post.namespace, **lung_statistics(native_mask, native_map, post.qc)}
+    overlay = contour_overlay(gray, native_mask, post.contour_thickness)
+    files = {}
+    if post.write_files:
+        files = {f"masks/{image_id}.png": encode_png_any(native_mask.astype(np.uint8) * 255),
+                 f"overlays/{image_id}.png": encode_png_any(overlay)}
+        row |= {"mask_file": f"masks/{image_id}.png", "overlay_file": f"overlays/{image_id}.png"}
+    if load_true_mask is not None:
+        truth = load_native_mask({"mask": load_true_mask}, "mask", height, width)
+        row |= {"dice_native": dice_score(native_mask, truth), "iou_native": iou_score(native_mask, truth)}
+    crop_mask = None
+    if post.crop is not None:
+        size, lung_postprocessing = post.crop
+        square = cv2.resize(crop_map.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
+        crop_mask = postprocess_probability_map(np.clip(square, 0.0, 1.0), lung_postprocessing)
+    return SegmentationOutputs(row, files, overlay, crop_mask)
+
+
 # ------------------------------------------------------------------ the engine
 
 
@@ -232,29 +303,44 @@ def _guarded(func: Callable[..., Any], modality: str) -> Callable[..., Any]:
 
 
 class InferenceEngine:
-    """Turns batches of manifest rows into :class:`ImageResult` objects."""
+    """Turns batches of manifest rows into :class:`ImageResult` objects.
+
+    The models predict in this process; each image's decoding, preprocessing and
+    post-processing run on the ``compute`` backend (all local cores by default, or a
+    Dask cluster), one task per image, with the same results whatever the backend.
+    """
 
     def __init__(self, models: InferenceModels, settings: InferenceSettings) -> None:
         self.models, self.settings = models, settings
         self.config = settings.preprocessing_config
         self.qc = resolve_qc_params(settings.qc)
+        # One task per image and a batch's images all in flight: a batch is the unit of memory.
+        self.compute = replace(ComputeConfig.from_params(settings.compute), chunk_size=1)
         self._segment = _guarded(_segment, models.segmentation.spec.modality) if models.segmentation else None
         self._classifiers = [(m, _guarded(_classify, m.spec.modality), image_variant(m, settings.lung_masking))
                              for m in models.classifiers]
-        self._needs_lung_crop = any(variant != "whole" for _, _, variant in self._classifiers)
+        needs_lung_crop = any(variant != "whole" for _, _, variant in self._classifiers)
         self._heads = model_conventions(models.segmentation.model) if models.segmentation else ()
         if settings.mask_convention and settings.mask_convention not in self._heads:
             raise ValueError(
                 f"inference.mask_convention: {models.segmentation.namespace} has no {settings.mask_convention!r} "
                 f"head; its mask convention heads are {list(self._heads)}"
             )
-        self._pool = ThreadPoolExecutor(max_workers=settings.n_workers or os.cpu_count() or 1)
         for model, _, variant in self._classifiers:
             if variant != "whole" and models.segmentation is None:
                 raise ValueError(
                     f"{model.namespace} was trained on {variant!r} images, which need lung masks: set "
                     "inference.segmentation_model"
                 )
+        self._post = SegmentationPost(
+            namespace=models.segmentation.namespace if models.segmentation else "",
+            preprocessing=dict(settings.preprocessing), postprocessing=dict(settings.segmentation_postprocessing),
+            qc=self.qc, contour_thickness=settings.contour_thickness, write_files=settings.write_files,
+            crop=(self.config.image_size, settings.lung_masking.get("postprocessing")) if needs_lung_crop else None,
+        )
+
+    def _map(self, function: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        return list(ordered_map(function, items, replace(self.compute, in_flight=max(1, len(items)))))
 
     # -- per batch
 
@@ -263,9 +349,10 @@ class InferenceEngine:
         rows = rows.assign(modality=modalities(rows).to_numpy()).reset_index(drop=True)
         results, rejected, kept, grays, preprocessed = [], [], [], [], []
         records = rows.to_dict("records")
-        # OpenCV and the decoders release the GIL: the images of a batch are read in parallel.
-        for row, outcome in zip(records, self._pool.map(functools.partial(self._read, raw_files), records), strict=True):
-            if isinstance(outcome, Exception):  # a file that changed since it was listed: report, go on
+        reads = self._map(partial(read_image, config=self.config),
+                          [(raw_files[row["image_key"]], pixel_budget(row.get("width"), row.get("height"))) for row in records])
+        for row, outcome in zip(records, reads, strict=True):
+            if isinstance(outcome, str):  # a file that changed since it was listed: report, go on
                 rejected.append({"file": row.get("image_uri") or row["image_key"], "reason": f"cannot be read at inference: {outcome}",
                                  "severity": "error", "image_key": row["image_key"], "mask_key": row.get("mask_key", "")})
                 continue
@@ -280,14 +367,18 @@ class InferenceEngine:
         cxr = np.flatnonzero(table["modality"].to_numpy() == "cxr")
         if self._segment is not None and cxr.size:
             heads = self._segment(table.iloc[cxr], np.stack([preprocessed[i] for i in cxr]), self.models.segmentation)
-            masks = self._pool.map(
-                lambda item: self._segmentation_outputs(
-                    results[item[0]], kept[item[0]], grays[item[0]], item[1][..., self._mask_head(kept[item[0]])],
-                    raw_files, crop_map=item[1][..., DEFAULT_HEAD],
-                ),
-                zip(cxr, heads, strict=True),
-            )
-            lung_masks = {index: mask for index, mask in zip(cxr, masks, strict=True) if mask is not None}
+            items = [
+                (kept[i]["image_id"], grays[i], maps[..., self._mask_head(kept[i])], maps[..., DEFAULT_HEAD],
+                 raw_files[kept[i]["mask_key"]] if kept[i].get("mask_key") else None)
+                for i, maps in zip(cxr, heads, strict=True)
+            ]
+            for index, outputs in zip(cxr, self._map(partial(segmentation_outputs, post=self._post), items), strict=True):
+                result = results[index]
+                result.row |= outputs.row
+                result.files |= outputs.files
+                result.overlay = outputs.overlay
+                if outputs.crop_mask is not None:
+                    lung_masks[index] = outputs.crop_mask
         for model, classify, variant in self._classifiers:
             self._classification_outputs(model, classify, variant, table, results, preprocessed, lung_masks)
         for result, gray in zip(results, grays, strict=True):
@@ -302,49 +393,12 @@ class InferenceEngine:
         convention = self.settings.mask_convention or self.settings.source_conventions.get(str(row.get("source", "")))
         return head_index(self._heads, convention)
 
-    def _read(self, raw_files: Loaders, row: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray] | Exception:
-        try:
-            budget = max(DEFAULT_MAX_PIXELS, int(row.get("width", 0)) * int(row.get("height", 0)))
-            gray = to_gray_uint8(decode_image(raw_files[row["image_key"]](), budget))
-            return gray, preprocess_gray(gray, self.config)
-        except Exception as error:  # noqa: BLE001 - reported as a rejected file by the caller
-            return error
-
     def _base_row(self, row: Mapping[str, Any], gray: np.ndarray) -> dict[str, Any]:
         return {
             "image_id": row["image_id"], "image_key": row["image_key"], "source": row.get("source", ""),
             "task": row.get("task", ""), "modality": row["modality"], "label": row.get("label", ""),
             "width": int(gray.shape[1]), "height": int(gray.shape[0]),
         }
-
-    def _segmentation_outputs(self, result: ImageResult, row: Mapping[str, Any], gray: np.ndarray,
-                              probability_map: np.ndarray, raw_files: Loaders, crop_map: np.ndarray) -> np.ndarray | None:
-        """Native mask, overlay, statistics and (with a true mask) Dice/IoU from ``probability_map``;
-        returns the lung mask at the preprocessed size that the classifiers' lung crop is made
-        from (``crop_map``, the default head; None when no classifier takes a lung crop)."""
-        height, width = gray.shape
-        native_map, native_mask = native_lung_mask(
-            probability_map, height, width, self.settings.preprocessing, self.settings.segmentation_postprocessing
-        )
-        result.row |= {"segmentation_model": self.models.segmentation.namespace,
-                       **lung_statistics(native_mask, native_map, self.qc)}
-        image_id = row["image_id"]
-        overlay = contour_overlay(gray, native_mask, self.settings.contour_thickness)
-        if self.settings.write_files:
-            result.files[f"masks/{image_id}.png"] = encode_png_any(native_mask.astype(np.uint8) * 255)
-            result.files[f"overlays/{image_id}.png"] = encode_png_any(overlay)
-            result.row |= {"mask_file": f"masks/{image_id}.png", "overlay_file": f"overlays/{image_id}.png"}
-        result.overlay = overlay
-        if row.get("mask_key"):
-            truth = load_native_mask(raw_files, row["mask_key"], height, width)
-            result.row |= {"dice_native": dice_score(native_mask, truth), "iou_native": iou_score(native_mask, truth)}
-        if not self._needs_lung_crop:
-            return None
-        # The classification pipeline's lung mask: the map at the preprocessed size,
-        # post-processed with lung_masking.postprocessing (see classification nodes).
-        size = self.config.image_size
-        square = cv2.resize(crop_map.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
-        return postprocess_probability_map(np.clip(square, 0.0, 1.0), self.settings.lung_masking.get("postprocessing"))
 
     def _classification_outputs(self, model: LoadedModel, classify: Callable[..., np.ndarray], variant: str,
                                 table: pd.DataFrame, results: list[ImageResult], preprocessed: Sequence[np.ndarray],

@@ -89,6 +89,7 @@ def log_inference_model(models: InferenceModels, settings: InferenceSettings, ta
             artifacts[key] = str(path)
             entries.append({"artifact": key, "spec": _spec_to_json(model.spec), "version": model.version})
         settings_json = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
+        settings_json["compute"] = {}  # a served model computes where it is served: local threads
         config_path = Path(folder) / "inference_config.json"
         config_path.write_text(json.dumps({"models": entries, "settings": settings_json, "task": task,
                                            "batch_size": batch_size}, default=dict, indent=2), encoding="utf-8")

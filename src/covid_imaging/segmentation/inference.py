@@ -18,7 +18,7 @@ import pandas as pd
 import tensorflow as tf
 
 from covid_imaging.compute import ComputeConfig, ordered_map
-from covid_imaging.imaging.io import decode_image, to_gray_uint8
+from covid_imaging.imaging.io import binary_mask, decode_image, to_gray_uint8
 from covid_imaging.imaging.preprocessing import restore_native_size
 from covid_imaging.progress import log_progress
 from covid_imaging.segmentation.augmentation import OPACITY_KINDS, paste_opacity
@@ -109,7 +109,7 @@ def load_native_mask(raw_files: Loaders, mask_key: str, height: int, width: int)
     mask = to_gray_uint8(decode_image(raw_files[mask_key]()))
     if mask.shape != (height, width):
         mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
-    return mask > 127
+    return binary_mask(mask)
 
 
 def _score_one(

@@ -37,7 +37,7 @@ from covid_imaging.classification.training import (
 )
 from covid_imaging.classification.transfer import transfer_weights
 from covid_imaging.compute import ComputeConfig, LazyResults, ordered_map
-from covid_imaging.imaging.io import decode_gray, encode_png
+from covid_imaging.imaging.io import binary_mask, decode_gray, encode_png
 from covid_imaging.params import merge_params
 from covid_imaging.registry import (
     MODALITIES,
@@ -169,8 +169,8 @@ def _masked_variant(load: Callable[[], bytes], mask_png: bytes, variant: str, pa
         )
     if variant == "lungs_mask":  # the mask cropped like the lung image, for Grad-CAM
         return encode_png(
-            (apply_lung_mask(mask, mask, crop_to_bbox=bool(params["crop_to_bbox"]),
-                             margin_px=int(params["margin_px"]), output_size=gray.shape[0]) > 127).astype(np.uint8) * 255
+            binary_mask(apply_lung_mask(mask, mask, crop_to_bbox=bool(params["crop_to_bbox"]),
+                                        margin_px=int(params["margin_px"]), output_size=gray.shape[0])).astype(np.uint8) * 255
         )
     return encode_png(black_out_lungs(gray, mask))
 
@@ -449,7 +449,8 @@ def explain_with_gradcam(
         mask_key = "lungs_mask" if _variant(sample, data) == "lungs" else "masks"
         for image_id, heatmap in zip(sample["image_id"], heatmaps, strict=True):
             mask = decode_gray(lung_masked_images[f"{mask_key}/{image_id}"]())
-            mask = cv2.resize(mask, heatmap.shape[::-1], interpolation=cv2.INTER_NEAREST) > 127
+            mask = cv2.resize(mask, heatmap.shape[::-1], interpolation=cv2.INTER_NEAREST)
+            mask = binary_mask(mask)
             shares.append(heatmap_mass_inside_mask(heatmap, mask))
     columns = max(1, len(sample))
     figure = Figure(figsize=(2.2 * columns, 2.6))

@@ -62,7 +62,6 @@ DEFAULT_INFERENCE_PARAMS: dict[str, Any] = {
     "versions": {},  # namespace -> catalog version (default: the latest)
     "mlflow_models": {},  # namespace -> MLflow model URI (runs:/..., models:/...), instead of the catalog
     "batch_size": 16,
-    "n_workers": 0,  # threads decoding and post-processing a batch's images (0: one per CPU)
     "qc": {},
     "gradcam": {"enabled": True, "alpha": 0.4},
     "overlay": {"contour_thickness": 2},
@@ -112,9 +111,10 @@ def ingestion_params(params: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def build_inference_manifest(raw_files: Loaders, params: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def build_inference_manifest(raw_files: Loaders, params: dict[str, Any],
+                             compute: dict[str, Any] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The images of the source with ingestion's validation: bad files are listed, the run goes on."""
-    return build_manifest(raw_files, ingestion_params(resolve_inference_params(params)))
+    return build_manifest(raw_files, ingestion_params(resolve_inference_params(params)), compute)
 
 
 def select_models(model_store: ModelStore, params: Mapping[str, Any]) -> InferenceModels:
@@ -144,14 +144,15 @@ def select_models(model_store: ModelStore, params: Mapping[str, Any]) -> Inferen
 
 
 def _settings(params: Mapping[str, Any], preprocessing: Mapping[str, Any], lung_masking: Mapping[str, Any],
-              segmentation: Mapping[str, Any], segmentation_data: Mapping[str, Any]) -> InferenceSettings:
+              segmentation: Mapping[str, Any], segmentation_data: Mapping[str, Any],
+              compute: Mapping[str, Any] | None = None) -> InferenceSettings:
     name = params["segmentation_model"]
     postprocessing = (segmentation.get(name) or {}).get("postprocessing", {}) if name else {}
     return InferenceSettings(
         preprocessing=preprocessing, segmentation_postprocessing=postprocessing, lung_masking=lung_masking,
         qc=params["qc"], gradcam=bool(params["gradcam"]["enabled"]), gradcam_alpha=float(params["gradcam"]["alpha"]),
         contour_thickness=int(params["overlay"]["contour_thickness"]),
-        thumbnail_size=int(params["report"]["thumbnail_size"]), n_workers=int(params["n_workers"]),
+        thumbnail_size=int(params["report"]["thumbnail_size"]), compute=dict(compute or {}),
         mask_convention=params["mask_convention"],
         source_conventions=dict(segmentation_data.get("mask_conventions") or {}),
     )
@@ -306,13 +307,15 @@ def predict_images(
     lung_masking: dict[str, Any],
     segmentation: dict[str, Any],
     segmentation_data: dict[str, Any],
+    compute: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The run folder's contents: per image the native-size lung mask, the overlay and the
     Grad-CAM overlays; ``predictions.csv``, ``rejected_files.csv``, ``models.json``, the
     external metrics when the source has masks or labels, and ``report.html``."""
     params = resolve_inference_params(params)
     models = select_models(model_store, params)
-    engine = InferenceEngine(models, _settings(params, preprocessing, lung_masking, segmentation, segmentation_data))
+    settings = _settings(params, preprocessing, lung_masking, segmentation, segmentation_data, compute)
+    engine = InferenceEngine(models, settings)
     run = SpooledRun(manifest, raw_files, engine, int(params["batch_size"]))
     return run_folder_contents(run, rejected_files, models, params)
 

@@ -15,7 +15,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 build_inference_manifest,
-                ["inference_raw_images", "params:inference"],
+                ["inference_raw_images", "params:inference", "params:compute"],
                 ["inference_manifest", "inference_rejected_files"],
                 name="build_inference_manifest",
             ),
@@ -31,6 +31,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:lung_masking",
                     "params:segmentation",
                     "params:segmentation_data",
+                    "params:compute",
                 ],
                 "inference_outputs",
                 name="predict_images",

@@ -21,7 +21,13 @@ from typing import Any
 import pandas as pd
 
 from covid_imaging.compute import ComputeConfig, LazyResults
-from covid_imaging.imaging.io import DEFAULT_MAX_PIXELS, decode_image, encode_png, to_gray_uint8
+from covid_imaging.imaging.io import (
+    DEFAULT_MAX_PIXELS,
+    decode_image,
+    encode_png,
+    pixel_budget,
+    to_gray_uint8,
+)
 from covid_imaging.imaging.preprocessing import PreprocessingConfig, preprocess_gray, resize_mask
 
 RawFiles = dict[str, Callable[[], bytes]]
@@ -36,15 +42,6 @@ def _preprocess_mask_file(load: Callable[[], bytes], config: PreprocessingConfig
                           max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
     mask = to_gray_uint8(decode_image(load(), max_pixels))
     return encode_png(resize_mask(mask, config.image_size, config.resize_mode))
-
-
-def _pixel_budget(row: Any) -> int:
-    """The default budget, or the accepted image's own size where that is larger."""
-    try:
-        accepted = int(row.width) * int(row.height)
-    except (AttributeError, TypeError, ValueError):  # a table without (valid) sizes
-        accepted = 0
-    return max(DEFAULT_MAX_PIXELS, accepted)
 
 
 def _call(task: Callable[[], bytes]) -> bytes:
@@ -62,7 +59,7 @@ def preprocess_images(
     config = PreprocessingConfig.from_params(params)
     tasks: dict[str, Callable[[], bytes]] = {}
     for row in manifest.itertuples(index=False):
-        budget = _pixel_budget(row)
+        budget = pixel_budget(getattr(row, "width", None), getattr(row, "height", None))
         tasks[f"images/{row.image_id}"] = partial(_preprocess_image_file, raw_files[row.image_key], config, budget)
         if row.mask_key:
             tasks[f"masks/{row.image_id}"] = partial(_preprocess_mask_file, raw_files[row.mask_key], config, budget)
