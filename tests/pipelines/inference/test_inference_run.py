@@ -157,3 +157,34 @@ def test_ct_slices_go_to_ct_classifiers_only(inference_project, tmp_path):
     classification = pd.read_csv(run / "external_classification_metrics.csv")
     assert set(classification["model"]) == {"classification.simple_cnn_scratch", "ct_classification.basic_cnn"}
     assert set(classification.loc[classification["class"] != "macro", "support"]) <= {0, 2}
+
+
+def test_inference_on_a_dask_cluster_writes_the_same_run(inference_project, tmp_path):
+    """`--params=compute.dask.scheduler_address=local`: the catalog's loaders travel to the
+    workers, and the run folder is the same as the default (threads) run's. Two runs in one
+    process, as in a notebook: the first leaves no MLflow run active behind it."""
+    import mlflow
+
+    from covid_imaging.compute import close_dask_clients
+
+    source = tmp_path / "new"
+    write_images(source)
+    runs = {}
+    for name, compute in (("threads", {}), ("dask", {"compute.dask.scheduler_address": "local",
+                                                     "compute.dask.n_workers": 2})):
+        output = tmp_path / name
+        try:
+            run_kedro(inference_project, "inference", params={
+                **TINY_PARAMS, **compute, "inference.source": str(source), "inference.output": str(output),
+            })
+        finally:
+            close_dask_clients()
+        assert mlflow.active_run() is None
+        runs[name] = _run_folder(output)
+    files = {name: sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()) for name, run in runs.items()}
+    assert files["dask"] == files["threads"] and "masks/a.png" in files["threads"]
+    for relative in files["threads"]:
+        if relative.endswith(".png") or relative == "predictions.csv":
+            assert (runs["dask"] / relative).read_bytes() == (runs["threads"] / relative).read_bytes(), relative
+    rejected = pd.read_csv(runs["dask"] / "rejected_files.csv")
+    assert list(rejected["file"].str.rsplit("/", n=1).str[-1]) == ["broken.png"]
