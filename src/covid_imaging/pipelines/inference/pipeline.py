@@ -9,6 +9,10 @@ from covid_imaging.pipelines.inference.nodes import (
     predict_images,
 )
 
+# The models and the settings that decide the outputs: the same for the run and the logged pyfunc.
+MODELS_AND_SETTINGS = ["inference_model_store", "params:inference", "params:preprocessing", "params:lung_masking",
+                       "params:segmentation", "params:segmentation_data"]
+
 
 def create_pipeline(**kwargs) -> Pipeline:
     return pipeline(
@@ -21,18 +25,8 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 predict_images,
-                [
-                    "inference_manifest",
-                    "inference_rejected_files",
-                    "inference_raw_images",
-                    "inference_model_store",
-                    "params:inference",
-                    "params:preprocessing",
-                    "params:lung_masking",
-                    "params:segmentation",
-                    "params:segmentation_data",
-                    "params:compute",
-                ],
+                ["inference_manifest", "inference_rejected_files", "inference_raw_images", *MODELS_AND_SETTINGS,
+                 "params:compute"],
                 "inference_outputs",
                 name="predict_images",
             ),
@@ -46,8 +40,7 @@ def create_model_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 log_inference_pyfunc,
-                ["inference_model_store", "params:inference", "params:preprocessing", "params:lung_masking",
-                 "params:segmentation", "params:segmentation_data"],
+                MODELS_AND_SETTINGS,
                 "inference_mlflow_model",
                 name="log_inference_pyfunc",
             )
