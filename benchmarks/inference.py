@@ -47,7 +47,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -71,11 +70,12 @@ from covid_imaging.registry import load_registry  # noqa: E402
 
 
 def _parameters() -> dict:
-    folder = ROOT / "conf" / "base" / "parameters"
-    merged = {}
-    for name in ("preprocessing", "segmentation", "classification", "inference"):
-        merged |= yaml.safe_load((folder / f"{name}.yml").read_text())
-    return merged
+    """The project's parameters (base + local), read by Kedro's loader as ``kedro run`` reads them."""
+    from kedro.config import OmegaConfigLoader  # noqa: PLC0415
+
+    from covid_imaging.settings import CONFIG_LOADER_ARGS  # noqa: PLC0415
+
+    return OmegaConfigLoader(conf_source=str(ROOT / "conf"), **CONFIG_LOADER_ARGS)["parameters"]
 
 
 def _write_images(folder: Path, n: int, size: int) -> dict:
