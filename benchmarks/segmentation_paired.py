@@ -1,0 +1,62 @@
+"""Two trained segmentation models on the same images: paired Dice difference per source.
+
+Scores the catalog's latest ``segmentation.<model>.model`` and another saved model (a
+``.keras`` file, e.g. an earlier version under ``data/06_models``) as the pipeline scores
+them (Dice at native resolution after post-processing) on one split, and prints per
+source the two means, the paired difference with its bootstrap 95 % CI over images, how
+many images the catalog model draws better, and the two minima. Choose between models on
+``--split validation``; ``test`` is for reporting a choice already made. E.g.::
+
+    python benchmarks/segmentation_paired.py \\
+        data/06_models/shared_data/segmentation/unet.keras/<version>/unet.keras --split validation
+
+Nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+
+from covid_imaging.inference.models import load_keras_file
+from covid_imaging.segmentation.inference import score_images
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("other", type=Path, help="the saved model to compare with (.keras)")
+    parser.add_argument("--model", default="unet")
+    parser.add_argument("--env", default="shared_data")
+    parser.add_argument("--split", default="validation", choices=("validation", "test"))
+    args = parser.parse_args()
+    project = Path(__file__).resolve().parents[1]
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project, env=args.env) as session:
+        context = session.load_context()
+        current = context.catalog.load(f"segmentation.{args.model}.model")
+        images = context.catalog.load("segmentation_images")
+        raw_files = context.catalog.load("raw_images@files")
+        block, preprocessing = context.params["segmentation"][args.model], context.params["preprocessing"]
+    other = load_keras_file(str(args.other))
+    rows = images[images["split"] == args.split].reset_index(drop=True)
+    tables = [score_images(model, rows, block["data"], block["postprocessing"], preprocessing, raw_files)[0]
+              .set_index("image_id") for model in (other, current)]
+    print(f"{args.split} split; other: {args.other} ({other.count_params():,} parameters); "
+          f"catalog model: {current.count_params():,} parameters")
+    for source in [None, *sorted(rows["source"].unique())]:
+        ids = tables[0].index if source is None else tables[0].index[tables[0]["source"] == source]
+        before, after = (table.loc[ids, "dice_native_post"] for table in tables)
+        difference = (after - before).to_numpy()
+        rng = np.random.default_rng(0)
+        low, high = np.percentile([rng.choice(difference, len(difference)).mean() for _ in range(2000)], [2.5, 97.5])
+        print(f"{source or 'all'} ({len(ids)} images): other {before.mean():.4f}, catalog {after.mean():.4f}; "
+              f"difference {difference.mean():+.4f} [{low:+.4f}, {high:+.4f}], catalog better on "
+              f"{int((difference > 0).sum())}; minimum {before.min():.3f} -> {after.min():.3f}")
+
+
+if __name__ == "__main__":
+    main()
