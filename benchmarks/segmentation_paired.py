@@ -19,8 +19,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from kedro.framework.session import KedroSession
-from kedro.framework.startup import bootstrap_project
+from _trained_segmentation import load_trained_segmentation
 
 from covid_imaging.inference.models import load_keras_file
 from covid_imaging.segmentation.inference import score_images
@@ -33,14 +32,7 @@ def main() -> None:
     parser.add_argument("--env", default="shared_data")
     parser.add_argument("--split", default="validation", choices=("validation", "test"))
     args = parser.parse_args()
-    project = Path(__file__).resolve().parents[1]
-    bootstrap_project(project)
-    with KedroSession.create(project_path=project, env=args.env) as session:
-        context = session.load_context()
-        current = context.catalog.load(f"segmentation.{args.model}.model")
-        images = context.catalog.load("segmentation_images")
-        raw_files = context.catalog.load("raw_images@files")
-        block, preprocessing = context.params["segmentation"][args.model], context.params["preprocessing"]
+    current, images, raw_files, block, preprocessing = load_trained_segmentation(args.model, args.env)
     other = load_keras_file(str(args.other))
     rows = images[images["split"] == args.split].reset_index(drop=True)
     tables = [score_images(model, rows, block["data"], block["postprocessing"], preprocessing, raw_files)[0]

@@ -16,11 +16,9 @@ Prints one line per variant; nothing is written.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
-from kedro.framework.session import KedroSession
-from kedro.framework.startup import bootstrap_project
+from _trained_segmentation import load_trained_segmentation
 
 from covid_imaging.segmentation.inference import score_images
 
@@ -70,14 +68,7 @@ def main() -> None:
     parser.add_argument("--model", default="unet")
     parser.add_argument("--env", default="shared_data")
     args = parser.parse_args()
-    project = Path(__file__).resolve().parents[1]
-    bootstrap_project(project)
-    with KedroSession.create(project_path=project, env=args.env) as session:
-        context = session.load_context()
-        model = context.catalog.load(f"segmentation.{args.model}.model")
-        images = context.catalog.load("segmentation_images")
-        raw_files = context.catalog.load("raw_images@files")
-        block, preprocessing = context.params["segmentation"][args.model], context.params["preprocessing"]
+    model, images, raw_files, block, preprocessing = load_trained_segmentation(args.model, args.env)
     rows = images[images["split"] == "validation"].reset_index(drop=True)
     plain = None
     for name, transforms in {"plain model": ["id"], **VARIANTS}.items():
