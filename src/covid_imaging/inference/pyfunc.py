@@ -48,7 +48,9 @@ class InferencePyfunc(mlflow.pyfunc.PythonModel):
         ]
         segmentation = next((m for m in loaded if m.spec.purpose == "segmentation"), None)
         models = InferenceModels(segmentation, tuple(m for m in loaded if m is not segmentation))
-        settings = InferenceSettings(**{**config["settings"], "write_files": False, "thumbnail_size": 0, "gradcam": False})
+        stored = dict(config["settings"])
+        stored.pop("n_workers", None)  # models logged before inference ran on the compute map (d42773e)
+        settings = InferenceSettings(**{**stored, "write_files": False, "thumbnail_size": 0, "gradcam": False})
         self.engine = InferenceEngine(models, settings)
         self.task = config["task"]
         self.batch_size = int(config["batch_size"])

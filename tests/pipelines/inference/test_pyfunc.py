@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -16,8 +17,8 @@ pytestmark = pytest.mark.slow
 
 
 def _close_session_runs():
-    """As the kedro_project fixture does between tests: an in-process session leaves
-    kedro-mlflow's run active, and a second session in the same test would reuse it."""
+    """As the kedro_project fixture does between tests: no run left active, and
+    kedro-mlflow's hook (one object per process) forgets the last session's run id."""
     from kedro_mlflow.framework.hooks.mlflow_hook import mlflow_hook
 
     while mlflow.active_run() is not None:
@@ -53,3 +54,14 @@ def test_logged_model_predicts_a_dataframe_of_paths(inference_project, tmp_path)
         image_id = {"a.png": "a", "b16.png": "nested/b16", "c.jpg": "c"}[path.rsplit("/", 1)[-1]]
         assert row["lung_area_px"] == pipeline.loc[image_id, "lung_area_px"]
         assert row["simple_cnn_scratch.p_covid"] == pytest.approx(pipeline.loc[image_id, "simple_cnn_scratch.p_covid"], abs=1e-6)
+
+    # The logged settings keep no compute backend (a served model computes where it is
+    # served), and a model logged when inference had its own `n_workers` still loads.
+    local = Path(mlflow.artifacts.download_artifacts(logged["model_uri"], dst_path=str(tmp_path / "logged")))
+    (config_path,) = local.rglob("inference_config.json")
+    config = json.loads(config_path.read_text())
+    assert config["settings"]["compute"] == {}
+    config["settings"]["n_workers"] = 0
+    config_path.write_text(json.dumps(config))
+    older = mlflow.pyfunc.load_model(str(local)).predict(pd.DataFrame({"image_path": paths[:1]}))
+    assert older["lung_area_px"].iloc[0] == table["lung_area_px"].iloc[0]
