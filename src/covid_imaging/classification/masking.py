@@ -7,8 +7,13 @@ image first, so masks predicted at 256 px work on full-resolution images.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import cv2
 import numpy as np
+
+from covid_imaging.segmentation.postprocessing import postprocess_probability_map
 
 
 def binarise_mask(mask: np.ndarray, shape: tuple[int, int] | None = None) -> np.ndarray:
@@ -103,3 +108,10 @@ def black_out_lungs(image: np.ndarray, mask: np.ndarray, dilation_px: int = 0) -
 def lung_area_fraction(mask: np.ndarray) -> float:
     """Share of the image covered by the mask (0..1)."""
     return float(binarise_mask(mask).mean())
+
+
+def lung_mask_at(shape: tuple[int, int], probability_map: np.ndarray, postprocessing: Mapping[str, Any] | None) -> np.ndarray:
+    """The classifiers' lung mask: the segmentation model's ``probability_map`` resized
+    (bilinear) to ``shape`` (height, width), then post-processed (``lung_masking.postprocessing``)."""
+    full = cv2.resize(probability_map.astype(np.float32), shape[::-1], interpolation=cv2.INTER_LINEAR)
+    return postprocess_probability_map(np.clip(full, 0, 1), postprocessing)

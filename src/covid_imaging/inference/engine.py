@@ -31,6 +31,7 @@ from covid_imaging.classification.masking import (
     apply_lung_mask,
     black_out_lungs,
     lung_area_fraction,
+    lung_mask_at,
 )
 from covid_imaging.compute import ComputeConfig, ordered_map
 from covid_imaging.imaging.io import decode_image, pixel_budget, to_gray_uint8
@@ -41,7 +42,6 @@ from covid_imaging.segmentation._params import merge_params
 from covid_imaging.segmentation.conventions import DEFAULT_HEAD, head_index, model_conventions
 from covid_imaging.segmentation.inference import load_native_mask, native_lung_mask
 from covid_imaging.segmentation.metrics import dice_score, iou_score
-from covid_imaging.segmentation.postprocessing import postprocess_probability_map
 
 logger = logging.getLogger(__name__)
 
@@ -262,13 +262,12 @@ def segmentation_outputs(
                  f"overlays/{image_id}.png": encode_png_any(overlay)}
         row |= {"mask_file": f"masks/{image_id}.png", "overlay_file": f"overlays/{image_id}.png"}
     if load_true_mask is not None:
-        truth = load_native_mask({"mask": load_true_mask}, "mask", height, width)
+        truth = load_native_mask(load_true_mask, height, width)
         row |= {"dice_native": dice_score(native_mask, truth), "iou_native": iou_score(native_mask, truth)}
     crop_mask = None
     if post.crop is not None:
         size, lung_postprocessing = post.crop
-        square = cv2.resize(crop_map.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
-        crop_mask = postprocess_probability_map(np.clip(square, 0.0, 1.0), lung_postprocessing)
+        crop_mask = lung_mask_at((size, size), crop_map, lung_postprocessing)
     return SegmentationOutputs(row, files, overlay, crop_mask)
 
 

@@ -102,11 +102,11 @@ def native_lung_mask(
     return native_map, postprocess_probability_map(native_map, postprocessing_params)
 
 
-def load_native_mask(raw_files: Loaders, mask_key: str, height: int, width: int) -> np.ndarray:
-    """The original mask file as a boolean array at the image's size (nearest neighbour)."""
+def load_native_mask(load: Callable[[], bytes], height: int, width: int) -> np.ndarray:
+    """The original mask file (``load()``'s bytes) as a boolean array at the image's size (nearest neighbour)."""
     import cv2  # noqa: PLC0415 - only needed here
 
-    mask = to_gray_uint8(decode_image(raw_files[mask_key]()))
+    mask = to_gray_uint8(decode_image(load()))
     if mask.shape != (height, width):
         mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
     return binary_mask(mask)
@@ -128,7 +128,7 @@ def _score_one(
     }
     if load_mask is not None and preprocessing_params is not None:
         height, width = int(row["height"]), int(row["width"])
-        truth = load_native_mask({"mask": load_mask}, "mask", height, width)
+        truth = load_native_mask(load_mask, height, width)
         native_map, native_mask = native_lung_mask(
             probability_map, height, width, preprocessing_params, postprocessing_params
         )

@@ -27,6 +27,7 @@ from covid_imaging.classification.masking import (
     apply_lung_mask,
     black_out_lungs,
     lung_area_fraction,
+    lung_mask_at,
 )
 from covid_imaging.classification.models import build_classifier
 from covid_imaging.classification.shortcut import shortcut_audit_summary
@@ -48,7 +49,6 @@ from covid_imaging.registry import (
 )
 from covid_imaging.segmentation.conventions import DEFAULT_HEAD
 from covid_imaging.segmentation.plots import plot_training_curves
-from covid_imaging.segmentation.postprocessing import postprocess_probability_map
 from covid_imaging.training import as_float32, device_settings, seed_everything, training_device
 
 matplotlib.use("Agg")
@@ -119,13 +119,8 @@ class ModalityGuarded:
         return f"ModalityGuarded({self.__name__}, {self.modality!r})"
 
 
-def _lung_mask_at(shape: tuple[int, int], probability_map: np.ndarray, postprocessing: dict[str, Any]) -> np.ndarray:
-    full = cv2.resize(probability_map.astype(np.float32), shape[::-1], interpolation=cv2.INTER_LINEAR)
-    return postprocess_probability_map(np.clip(full, 0, 1), postprocessing)
-
-
 def _lung_mask_task(task: tuple[tuple[int, int], np.ndarray], postprocessing: dict[str, Any]) -> np.ndarray:
-    return _lung_mask_at(*task, postprocessing)
+    return lung_mask_at(*task, postprocessing)
 
 
 def _predict_lung_masks(
@@ -449,8 +444,7 @@ def explain_with_gradcam(
         mask_key = "lungs_mask" if _variant(sample, data) == "lungs" else "masks"
         for image_id, heatmap in zip(sample["image_id"], heatmaps, strict=True):
             mask = decode_gray(lung_masked_images[f"{mask_key}/{image_id}"]())
-            mask = cv2.resize(mask, heatmap.shape[::-1], interpolation=cv2.INTER_NEAREST)
-            mask = binary_mask(mask)
+            mask = binary_mask(cv2.resize(mask, heatmap.shape[::-1], interpolation=cv2.INTER_NEAREST))
             shares.append(heatmap_mass_inside_mask(heatmap, mask))
     columns = max(1, len(sample))
     figure = Figure(figsize=(2.2 * columns, 2.6))
