@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
+
+from covid_imaging.classification.evaluation import percentile_interval
 
 
 class TrainedSegmentation(NamedTuple):
@@ -27,3 +30,10 @@ def load_trained_segmentation(model: str, env: str) -> TrainedSegmentation:
             catalog.load(f"segmentation.{model}.model"), catalog.load("segmentation_images"),
             catalog.load("raw_images@files"), context.params["segmentation"][model], context.params["preprocessing"],
         )
+
+
+def paired_interval(difference: np.ndarray, n_bootstrap: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Bootstrap 95 % interval of the mean of per-image paired differences (images resampled)."""
+    rng = np.random.default_rng(seed)
+    means = np.array([rng.choice(difference, len(difference)).mean() for _ in range(n_bootstrap)])
+    return percentile_interval(means)

@@ -18,8 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-from _trained_segmentation import load_trained_segmentation
+from _trained_segmentation import load_trained_segmentation, paired_interval
 
 from covid_imaging.inference.models import load_keras_file
 from covid_imaging.segmentation.inference import score_images
@@ -43,8 +42,7 @@ def main() -> None:
         ids = tables[0].index if source is None else tables[0].index[tables[0]["source"] == source]
         before, after = (table.loc[ids, "dice_native_post"] for table in tables)
         difference = (after - before).to_numpy()
-        rng = np.random.default_rng(0)
-        low, high = np.percentile([rng.choice(difference, len(difference)).mean() for _ in range(2000)], [2.5, 97.5])
+        low, high = paired_interval(difference)
         print(f"{source or 'all'} ({len(ids)} images): other {before.mean():.4f}, catalog {after.mean():.4f}; "
               f"difference {difference.mean():+.4f} [{low:+.4f}, {high:+.4f}], catalog better on "
               f"{int((difference > 0).sum())}; minimum {before.min():.3f} -> {after.min():.3f}")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from _trained_segmentation import load_trained_segmentation
+from _trained_segmentation import load_trained_segmentation, paired_interval
 
 from covid_imaging.segmentation.inference import score_images
 
@@ -82,9 +82,7 @@ def main() -> None:
             plain = dice
         else:
             difference = (dice - plain).to_numpy()
-            rng = np.random.default_rng(0)
-            means = [rng.choice(difference, len(difference)).mean() for _ in range(2000)]
-            low, high = np.percentile(means, [2.5, 97.5])
+            low, high = paired_interval(difference)
             line += (f"; paired difference {difference.mean():+.4f} [{low:+.4f}, {high:+.4f}], "
                      f"better on {int((difference > 0).sum())} of {len(difference)}")
         print(line, flush=True)
