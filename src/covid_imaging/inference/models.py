@@ -41,8 +41,11 @@ class LoadedModel:
 
 
 def _import_custom_objects() -> None:
-    # The project's custom layers and losses register themselves with Keras on import.
+    # The project's custom layers, losses and metrics register themselves with Keras on
+    # import (every module with ``register_keras_serializable``; a test keeps this list whole).
     import covid_imaging.classification.layers  # noqa: F401, PLC0415
+    import covid_imaging.classification.training  # noqa: F401, PLC0415
+    import covid_imaging.segmentation.conventions  # noqa: F401, PLC0415
     import covid_imaging.segmentation.losses  # noqa: F401, PLC0415
 
 
