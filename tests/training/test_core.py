@@ -138,6 +138,20 @@ def test_warmup_raises_the_rate_linearly_per_step_then_holds():
     assert history["lr"] == pytest.approx([0.04, 0.08, 0.08])
 
 
+def test_cosine_decay_sets_each_epochs_rate_after_the_warm_up_and_over_min_steps_epochs():
+    images = np.zeros((8, 4, 4, 1), np.float32)
+    train = tf.data.Dataset.from_tensor_slices((images, np.zeros(8, np.int32))).batch(4)  # 2 steps
+    params = {**FAST, "epochs": 2, "min_steps": 8, "learning_rate": 0.08, "warmup_epochs": 1, "cosine_decay": True,
+              "reduce_lr": {"enabled": False}, "early_stopping": {"enabled": False}}
+    _, history = train_classifier(_tiny_classifier(), train, None, params)
+    # min_steps makes it 4 epochs; epoch 0 is the warm-up's, then 0.08 · ½(1 + cos(π e / 4))
+    assert history["lr"] == pytest.approx([0.08, 0.08 * (1 + np.cos(np.pi / 4)) / 2, 0.04,
+                                           0.08 * (1 + np.cos(3 * np.pi / 4)) / 2])
+    for clash in ({"reduce_lr": {"enabled": True}}, {"lr_drop_epochs": [1]}):
+        with pytest.raises(ValueError, match=r"training\.cosine_decay"):
+            train_classifier(_tiny_classifier(), train, None, {**params, **clash})
+
+
 def test_batchnorm_momentum_parameter_reaches_nested_backbones():
     inner = keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization()], name="backbone")
     inputs = keras.Input((4,))

@@ -2,7 +2,7 @@
 
 One parameter schema (``CORE_TRAINING_DEFAULTS``, merged with
 :func:`~covid_imaging.params.merge_params`: unknown keys fail with their name),
-one optimizer factory, one callback set (linear warm-up, step decay, reduce-on-plateau,
+one optimizer factory, one callback set (linear warm-up, step or cosine decay, reduce-on-plateau,
 early stopping, best weights restored in every case, the learning rate of each epoch
 recorded), one seeding/determinism set-up and one device/precision set-up that restores
 the global Keras dtype policy when it exits. The task wrappers
@@ -20,6 +20,9 @@ loss, metrics and task-specific defaults::
     warmup_epochs: 0                # linear LR warm-up, per step, over the first n epochs
     lr_drop_epochs: []              # 0-based epochs at whose start the LR is multiplied by
     lr_drop_factor: 0.1             #   lr_drop_factor (the HRNet recipe's step decay)
+    cosine_decay: false             # true: the LR falls along a half cosine from learning_rate
+                                    #   (first epoch) towards 0 (after the last); not with
+                                    #   reduce_lr or lr_drop_epochs
     reduce_lr: {enabled: true, patience: 5, factor: 0.1, min_lr: 1.0e-7}
     early_stopping: {enabled: true, patience: 10, min_delta: 0.0}
     batchnorm_momentum: null        # null: the layers' own (Keras: 0.99)
@@ -78,6 +81,7 @@ CORE_TRAINING_DEFAULTS: dict[str, Any] = {
     "warmup_epochs": 0,
     "lr_drop_epochs": [],
     "lr_drop_factor": 0.1,
+    "cosine_decay": False,
     "reduce_lr": {"enabled": True, "patience": 5, "factor": 0.1, "min_lr": 1e-7},
     "early_stopping": {"enabled": True, "patience": 10, "min_delta": 0.0},
     "batchnorm_momentum": None,
@@ -127,6 +131,12 @@ def resolve_training_params(
     if int(resolved["warmup_epochs"]) < 0:
         raise ValueError(f"{where}.warmup_epochs must be >= 0, got {resolved['warmup_epochs']}")
     resolved["lr_drop_epochs"] = [int(epoch) for epoch in resolved["lr_drop_epochs"] or ()]
+    if resolved["cosine_decay"] not in (True, False):
+        raise ValueError(f"{where}.cosine_decay must be true or false, got {resolved['cosine_decay']!r}")
+    if resolved["cosine_decay"] and (resolved["reduce_lr"]["enabled"] or resolved["lr_drop_epochs"]):
+        # two rules setting the rate each epoch would overwrite each other
+        raise ValueError(f"{where}.cosine_decay sets the learning rate of every epoch: switch off "
+                         f"{where}.reduce_lr (enabled: false) and leave {where}.lr_drop_epochs empty")
     if resolved["learning_rate"] is None:
         resolved["learning_rate"] = _DEFAULT_LEARNING_RATES[resolved["optimizer"]]
     if resolved["weight_decay"] is None:
@@ -224,6 +234,30 @@ class LinearWarmup(keras.callbacks.Callback):
             self.model.optimizer.learning_rate = self._target
 
 
+class CosineDecay(keras.callbacks.Callback):
+    """Learning rate of epoch ``e`` of a fit from epoch ``first`` to ``last``:
+    ``rate · ½ (1 + cos(π (e − first) / (last − first)))``, ``rate`` the one training starts with.
+
+    Per epoch, and from the epochs the fit really runs (``min_steps`` may add some), which
+    Keras' ``CosineDecay`` schedule (fixed step count, an optimizer object the other
+    callbacks cannot set) does not give. A warm-up still ramps its first epochs.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._rate: float | None = None
+        self._first: int | None = None
+
+    def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+        self._rate, self._first = _current_learning_rate(self.model), None
+
+    def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        if self._first is None:
+            self._first = epoch
+        span = max(1, int(self.params["epochs"]) - self._first)
+        self.model.optimizer.learning_rate = self._rate * 0.5 * (1.0 + math.cos(math.pi * (epoch - self._first) / span))
+
+
 class EpochProgress(keras.callbacks.Callback):
     """Logs ``<name>: epoch 3/20 (loss ..., val_loss ...), ... elapsed, ETA ...`` after every epoch
     (early stopping may end sooner)."""
@@ -264,11 +298,13 @@ def step_decay(drop_epochs: Sequence[int], factor: float = 0.1) -> Callable[[int
 
 
 def build_callbacks(params: Mapping[str, Any], monitor: str) -> list[keras.callbacks.Callback]:
-    """Warm-up, step decay, ReduceLROnPlateau and EarlyStopping as configured in ``params``.
+    """Cosine decay, warm-up, step decay, ReduceLROnPlateau and EarlyStopping as configured in ``params``.
 
     :func:`fit_model` adds the learning-rate recorder and :class:`BestWeightsKeeper`.
     """
     callbacks: list[keras.callbacks.Callback] = []
+    if params["cosine_decay"]:
+        callbacks.append(CosineDecay())
     if int(params["warmup_epochs"]) > 0:
         callbacks.append(LinearWarmup(int(params["warmup_epochs"])))
     if params["lr_drop_epochs"]:
@@ -549,12 +585,12 @@ def fit_model(
 
 
 def _ordered_callbacks(params, monitor, learning_rates, extra_callbacks, best_weights):
-    """Warm-up and step decay, then the recorder, then plateau/stopping, extras, best weights.
+    """Cosine decay, warm-up and step decay, then the recorder, then plateau/stopping, extras, best weights.
 
     The recorder sits after the schedules (it sees the rate they set) and before
     ReduceLROnPlateau (it records the rate the epoch trained with, not the reduced one).
     """
     configured = build_callbacks(params, monitor)
-    schedules = [c for c in configured if isinstance(c, LinearWarmup | keras.callbacks.LearningRateScheduler)]
+    schedules = [c for c in configured if isinstance(c, CosineDecay | LinearWarmup | keras.callbacks.LearningRateScheduler)]
     others = [c for c in configured if c not in schedules]
     return [*schedules, learning_rates, *others, *extra_callbacks, best_weights]
