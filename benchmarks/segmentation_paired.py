@@ -48,7 +48,7 @@ def main() -> None:
         difference = (after - before).to_numpy()
         low, high = paired_interval(difference)
         print(f"{source or 'all'} ({len(ids)} images): other {before.mean():.4f}, model {after.mean():.4f}; "
-              f"difference {difference.mean():+.4f} [{low:+.4f}, {high:+.4f}], catalog better on "
+              f"difference {difference.mean():+.4f} [{low:+.4f}, {high:+.4f}], model better on "
               f"{int((difference > 0).sum())}; minimum {before.min():.3f} -> {after.min():.3f}")
 
 
