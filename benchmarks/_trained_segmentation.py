@@ -10,6 +10,7 @@ from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
 from covid_imaging.classification.evaluation import percentile_interval
+from covid_imaging.inference.models import load_keras_file
 
 
 class TrainedSegmentation(NamedTuple):
@@ -20,14 +21,16 @@ class TrainedSegmentation(NamedTuple):
     preprocessing: dict
 
 
-def load_trained_segmentation(model: str, env: str) -> TrainedSegmentation:
+def load_trained_segmentation(model: str, env: str, model_file: Path | None = None) -> TrainedSegmentation:
+    """The catalog's inputs for scoring ``model``; its latest trained version, or ``model_file`` if given."""
     project = Path(__file__).resolve().parents[1]
     bootstrap_project(project)
     with KedroSession.create(project_path=project, env=env) as session:
         context = session.load_context()
         catalog = context.catalog
         return TrainedSegmentation(
-            catalog.load(f"segmentation.{model}.model"), catalog.load("segmentation_images"),
+            load_keras_file(str(model_file)) if model_file else catalog.load(f"segmentation.{model}.model"),
+            catalog.load("segmentation_images"),
             catalog.load("raw_images@files"), context.params["segmentation"][model], context.params["preprocessing"],
         )
 

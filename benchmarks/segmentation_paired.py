@@ -33,10 +33,8 @@ def main() -> None:
     parser.add_argument("--env", default="shared_data")
     parser.add_argument("--split", default="validation", choices=("validation", "test"))
     args = parser.parse_args()
-    current, images, raw_files, block, preprocessing = load_trained_segmentation(args.model, args.env)
+    current, images, raw_files, block, preprocessing = load_trained_segmentation(args.model, args.env, args.model_file)
     other = load_keras_file(str(args.other))
-    if args.model_file:
-        current = load_keras_file(str(args.model_file))
     rows = images[images["split"] == args.split].reset_index(drop=True)
     tables = [score_images(model, rows, block["data"], block["postprocessing"], preprocessing, raw_files)[0]
               .set_index("image_id") for model in (other, current)]
