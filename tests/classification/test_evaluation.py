@@ -183,3 +183,43 @@ def test_normalised_confusion_plot_shows_row_fractions(hand_example):
     figure = plot_confusion_matrix(y_true, y_prob, CLASSES, normalize="true")
     image = figure.axes[0].images[0].get_array()
     np.testing.assert_allclose(np.asarray(image).sum(axis=1), 1.0)
+
+
+def _noisy_predictions(n: int, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y_true = rng.integers(0, 3, n)
+    y_prob = rng.dirichlet([1, 1, 1], n) + 0.6 * np.eye(3)[y_true]
+    return y_true, y_prob / y_prob.sum(axis=1, keepdims=True)
+
+
+def test_cluster_bootstrap_of_repeated_samples_equals_the_image_bootstrap_of_one_copy_each():
+    """Ten slices of one scan that all say the same thing are one observation: resampling
+    whole scans gives the interval of the scans alone; resampling slices pretends to have
+    ten times the evidence and gives a far narrower one."""
+    y_true, y_prob = _noisy_predictions(40)
+    copies = 10
+    y_true_slices, y_prob_slices = np.repeat(y_true, copies), np.repeat(y_prob, copies, axis=0)
+    # Scans named so that sorted order is their order here (the cluster draw indexes sorted ids).
+    scans = np.repeat([f"scan{k:02d}" for k in range(40)], copies)
+
+    per_scan = bootstrap_metric_samples(y_true, y_prob, 3, n_bootstrap=100, seed=5)
+    clustered = bootstrap_metric_samples(y_true_slices, y_prob_slices, 3, n_bootstrap=100, seed=5, clusters=scans)
+    per_slice = bootstrap_metric_samples(y_true_slices, y_prob_slices, 3, n_bootstrap=100, seed=5)
+
+    for key in ("macro:balanced_accuracy", "macro:roc_auc", "recall"):
+        np.testing.assert_allclose(clustered[key], per_scan[key])
+    width = lambda samples: np.subtract(*percentile_interval(samples["macro:balanced_accuracy"])[::-1])  # noqa: E731
+    assert width(per_slice) < 0.6 * width(clustered)
+
+
+def test_report_table_counts_clusters_per_scope_and_rejects_misaligned_clusters(hand_example):
+    y_true, y_prob = hand_example
+    sources = np.where(np.arange(y_true.size) % 2 == 0, "hospital_a", "hospital_b")
+    patients = np.array([f"p{k // 4}" for k in range(y_true.size)])  # four images per patient
+    table = classification_report_table(y_true, y_prob, CLASSES, groups=sources, n_bootstrap=30, clusters=patients)
+    assert set(table.loc[table["scope"] == "overall", "n_clusters"]) == {len(set(patients))}
+    assert set(table.loc[table["scope"] == "hospital_a", "n_clusters"]) == {len(set(patients[sources == "hospital_a"]))}
+    unclustered = classification_report_table(y_true, y_prob, CLASSES, n_bootstrap=30)
+    assert set(unclustered["n_clusters"]) == {y_true.size}
+    with pytest.raises(ValueError, match="clusters must have shape"):
+        classification_report_table(y_true, y_prob, CLASSES, n_bootstrap=30, clusters=patients[:-1])

@@ -10,6 +10,10 @@ from a scope) are NaN, carry a note, and are left out of macro means.
 Metrics are computed from batched confusion matrices and a rank-based ROC AUC
 (Mann-Whitney U, equal to ``sklearn.metrics.roc_auc_score`` with ties) because the
 bootstrap evaluates them thousands of times; the tests pin them to scikit-learn.
+
+The bootstrap resamples images, or, given ``clusters`` (a patient or scan id per image),
+whole clusters: neighbouring CT slices of one scan are not independent observations, and
+resampling them one by one gives intervals that are too narrow (a cluster bootstrap).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ TABLE_COLUMNS = (
     "ci_low",
     "ci_high",
     "n",
+    "n_clusters",
     "support",
     "note",
 )
@@ -177,17 +182,22 @@ def bootstrap_metric_samples(
     n_bootstrap: int = 1000,
     seed: int = 0,
     chunk_size: int = 100,
+    clusters: Sequence[str] | np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Metric values on ``n_bootstrap`` resamples (with replacement, seeded).
 
     Same keys as the internal metric samples: per-class ``(n_bootstrap, K)`` arrays
     under the metric name, macro ``(n_bootstrap,)`` arrays under ``"macro:<metric>"``.
-    Resamples are drawn in chunks to bound memory on large test sets.
+    Resamples are drawn in chunks to bound memory on large test sets. With ``clusters``
+    (one id per sample), each resample draws as many clusters as there are, with
+    replacement, and takes every sample of each drawn cluster.
     """
     y_true = np.asarray(y_true, dtype=int)
     y_prob = np.asarray(y_prob, dtype=float)
     _validate(y_true, y_prob, n_classes)
     rng = np.random.default_rng(seed)
+    if clusters is not None:
+        return _cluster_bootstrap_samples(y_true, y_prob, n_classes, n_bootstrap, rng, clusters)
     n_samples = y_true.shape[0]
     chunks: list[dict[str, np.ndarray]] = []
     for start in range(0, n_bootstrap, chunk_size):
@@ -195,6 +205,27 @@ def bootstrap_metric_samples(
         indices = rng.integers(0, n_samples, size=(size, n_samples))
         chunks.append(_metric_samples(y_true[indices], y_prob[indices], n_classes))
     return {key: np.concatenate([chunk[key] for chunk in chunks]) for key in chunks[0]}
+
+
+def _cluster_ids(clusters: Sequence[str] | np.ndarray, y_true: np.ndarray) -> np.ndarray:
+    cluster_ids = np.asarray(clusters).astype(str)
+    if cluster_ids.shape != y_true.shape:
+        raise ValueError(f"clusters must have shape {y_true.shape}, got {cluster_ids.shape}")
+    return cluster_ids
+
+
+def _cluster_bootstrap_samples(
+    y_true: np.ndarray, y_prob: np.ndarray, n_classes: int, n_bootstrap: int,
+    rng: np.random.Generator, clusters: Sequence[str] | np.ndarray,
+) -> dict[str, np.ndarray]:
+    _, cluster_index = np.unique(_cluster_ids(clusters, y_true), return_inverse=True)
+    members = [np.flatnonzero(cluster_index == c) for c in range(cluster_index.max() + 1)]
+    # Resamples differ in size (clusters differ in size), so each is scored on its own.
+    resamples = []
+    for drawn in rng.integers(0, len(members), size=(n_bootstrap, len(members))):
+        indices = np.concatenate([members[c] for c in drawn])
+        resamples.append(_metric_samples(y_true[indices][None], y_prob[indices][None], n_classes))
+    return {key: np.concatenate([resample[key] for resample in resamples]) for key in resamples[0]}
 
 
 def percentile_interval(samples: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
@@ -239,16 +270,18 @@ def _scope_rows(
     n_bootstrap: int,
     confidence: float,
     seed: int,
+    clusters: np.ndarray | None,
 ) -> list[dict[str, object]]:
     n_classes = len(class_names)
     point = _metric_samples(y_true[None], y_prob[None], n_classes)
     boot = (
-        bootstrap_metric_samples(y_true, y_prob, n_classes, n_bootstrap, seed)
+        bootstrap_metric_samples(y_true, y_prob, n_classes, n_bootstrap, seed, clusters=clusters)
         if n_bootstrap > 0
         else None
     )
     confusion = confusion_matrix(y_true, predicted_labels(y_prob), n_classes)
     n_total = int(y_true.size)
+    n_clusters = int(np.unique(clusters).size) if clusters is not None else n_total
     rows: list[dict[str, object]] = []
     for k, name in enumerate(class_names):
         notes = _class_notes(confusion, k)
@@ -265,6 +298,7 @@ def _scope_rows(
                     "ci_low": low,
                     "ci_high": high,
                     "n": n_total,
+                    "n_clusters": n_clusters,
                     "support": int(confusion[k].sum()),
                     "note": notes.get(metric, ""),
                 }
@@ -282,6 +316,7 @@ def _scope_rows(
                 "ci_low": low,
                 "ci_high": high,
                 "n": n_total,
+                "n_clusters": n_clusters,
                 "support": n_total,
                 "note": "mean over classes where defined" if undefined else "",
             }
@@ -297,17 +332,22 @@ def classification_report_table(
     n_bootstrap: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    clusters: Sequence[str] | np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Tidy metrics table with percentile bootstrap CIs, overall and per group.
 
     One row per (scope, class, metric); ``scope`` is ``"overall"`` or a group label
     (e.g. the image source), ``class`` a class name or ``"macro"``. ``n`` is the
     number of samples in the scope, ``support`` the number of true samples of the
-    class (``n`` for macro), ``note`` explains NaN values.
+    class (``n`` for macro), ``note`` explains NaN values. With ``clusters`` (a patient or
+    scan id per sample) the CIs come from a cluster bootstrap and ``n_clusters`` counts
+    the clusters of the scope; without, every sample is its own cluster.
     """
     y_true = np.asarray(y_true, dtype=int)
     y_prob = np.asarray(y_prob, dtype=float)
     _validate(y_true, y_prob, len(class_names))
+    if clusters is not None:
+        clusters = _cluster_ids(clusters, y_true)
     scopes: list[tuple[str, np.ndarray]] = [(OVERALL_SCOPE, np.ones(y_true.size, dtype=bool))]
     if groups is not None:
         group_array = np.asarray(groups).astype(str)
@@ -318,7 +358,8 @@ def classification_report_table(
         row
         for scope, selected in scopes
         for row in _scope_rows(
-            scope, y_true[selected], y_prob[selected], class_names, n_bootstrap, confidence, seed
+            scope, y_true[selected], y_prob[selected], class_names, n_bootstrap, confidence, seed,
+            None if clusters is None else clusters[selected],
         )
     ]
     return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))

@@ -213,7 +213,7 @@ def _report(balanced: float) -> pd.DataFrame:
     for cls in ("macro", "covid", "non_covid"):
         for metric in ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "roc_auc"):
             rows.append({"scope": "overall", "class": cls, "metric": metric, "value": balanced,
-                         "ci_low": balanced - 0.1, "ci_high": balanced + 0.1, "n": 40, "support": 20, "note": ""})
+                         "ci_low": balanced - 0.1, "ci_high": balanced + 0.1, "n": 40, "n_clusters": 6, "support": 20, "note": ""})
     return pd.DataFrame(rows)
 
 
@@ -228,14 +228,15 @@ def test_comparison_table_has_one_row_per_model_with_cis():
     images = pd.DataFrame({"split_protocol": ["grouped"], "evaluation": ["all sources"]})
     table = compare_ct_classifiers(images, **results)
     assert list(table["model"]) == list(CT_CLASSIFICATION_MODELS) and len(table) == 9
-    assert list(table.columns[:13]) == [
-        "model", "split_protocol", "evaluation", "input_size", "reference_input_size", "n_test", "test_accuracy",
-        "test_balanced_accuracy", "test_balanced_accuracy_ci_low", "test_balanced_accuracy_ci_high",
+    assert list(table.columns[:14]) == [
+        "model", "split_protocol", "evaluation", "input_size", "reference_input_size", "n_test", "n_test_scans",
+        "test_accuracy", "test_balanced_accuracy", "test_balanced_accuracy_ci_low", "test_balanced_accuracy_ci_high",
         "test_roc_auc", "test_roc_auc_ci_low", "test_roc_auc_ci_high"]
     assert {"test_covid_f1", "test_covid_recall", "test_covid_precision", "test_accuracy_sarscov2_ct",
             "gradcam_maps_all_zero"} <= set(table.columns)
     assert (table["split_protocol"] == "grouped").all()
     assert table["test_balanced_accuracy_ci_low"].iloc[0] == pytest.approx(0.5)
+    assert (table["n_test"] == 40).all() and (table["n_test_scans"] == 6).all()
 
 
 # ---------------------------------------------------------------- pipeline structure
@@ -323,3 +324,24 @@ def test_grad_cam_with_and_without_lung_masks(tmp_path):
     figure, metrics = explain_with_gradcam_unmasked(model, inputs, data, {"per_class": 1})
     assert set(metrics) == {"gradcam_maps_all_zero"} and 0 <= metrics["gradcam_maps_all_zero"] <= 2
     assert len(figure.axes) == 2
+
+
+def test_evaluation_resamples_whole_scans_unless_told_to_resample_slices(tmp_path):
+    """The CIs of a CT model count scans, not slices: a test split of 4 scans x 5 slices
+    has 4 independent units (``n_clusters``); ``bootstrap_unit: image`` restores 20."""
+    rows = []
+    for scan in range(4):
+        for k in range(5):
+            path = write_png(tmp_path / f"s{scan}_{k}.png", chest_like_image((32, 32), seed=10 * scan + k))
+            rows.append({"image_id": f"s{scan}_{k}", "label": ["non_covid", "covid"][scan % 2], "source": "sarscov2_ct",
+                         "group_id": f"sarscov2_ct:s{scan}", "split": "test", "image_path": str(path),
+                         "default_variant": "whole", "in_training_sample": False})
+    inputs = pd.DataFrame(rows)
+    model = build_classifier("simple_cnn", n_classes=2, input_size=32, filters=(4, 8), dense_units=8)
+    data = {"image_size": 32, "classes": ["non_covid", "covid"], "image_variant": "whole", "seed": 0, "batch_size": 8}
+
+    by_scan = evaluate_classifier(model, inputs, data, {"n_bootstrap": 20})[0]
+    by_slice = evaluate_classifier(model, inputs, data, {"n_bootstrap": 20, "bootstrap_unit": "image"})[0]
+    assert set(by_scan["n_clusters"]) == {4} and set(by_slice["n_clusters"]) == {20}
+    with pytest.raises(ValueError, match="bootstrap_unit must be 'group' or 'image', got 'slices'"):
+        evaluate_classifier(model, inputs, data, {"n_bootstrap": 20, "bootstrap_unit": "slices"})

@@ -60,6 +60,9 @@ NON_BUILDER_MODEL_KEYS = ("builder", "strategy", "unfreeze_last_n", "transfer_fr
 # Every key of a model's evaluation block (checked: a typo fails with its name).
 EVALUATION_DEFAULTS: dict[str, Any] = {
     "n_bootstrap": 500,  # bootstrap resamples for the 95% CIs
+    # group: resample whole patients / scans (group_id; a cluster bootstrap: slices of one
+    # CT scan are not independent); image: every image on its own
+    "bootstrap_unit": "group",
     "n_seeds": 1,        # trainings with seeds data.seed + 0..n-1: test balanced accuracy mean +- std
 }
 LEARNING_CURVES = (("loss", "Loss"), ("balanced_accuracy", "Balanced accuracy"))
@@ -399,12 +402,16 @@ def evaluate_classifier(
 ) -> tuple[pd.DataFrame, dict[str, float], Figure, Figure, pd.DataFrame]:
     """Test-split metrics per class, macro, overall and per source, with bootstrap 95% CIs."""
     evaluation = merge_params(EVALUATION_DEFAULTS, evaluation, where="evaluation")
+    unit = evaluation["bootstrap_unit"]
+    if unit not in ("group", "image"):
+        raise ValueError(f"evaluation.bootstrap_unit must be 'group' or 'image', got {unit!r}")
     test = _rows(inputs, data, "test")
     probabilities = _predict(model, test, data)
     y_true = test["label"].map({name: index for index, name in enumerate(data["classes"])}).to_numpy()
     report = classification_report_table(
         y_true, probabilities, data["classes"], groups=test["source"].to_numpy(),
         n_bootstrap=int(evaluation["n_bootstrap"]), seed=int(data["seed"]),
+        clusters=test["group_id"].to_numpy() if unit == "group" else None,
     )
     metrics = {f"test_{name}": value for name, value in macro_metrics_from_table(report).items()}
     for source in sorted(test["source"].unique()):

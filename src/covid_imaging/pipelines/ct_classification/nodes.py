@@ -176,14 +176,18 @@ def layer_activation_maps(
 
 def _report_value(report: pd.DataFrame, class_name: str, metric: str, column: str = "value") -> float:
     rows = report[(report["scope"] == "overall") & (report["class"] == class_name) & (report["metric"] == metric)]
-    # A report read back from CSV may hold '' for an undefined value.
-    return float(pd.to_numeric(rows[column], errors="coerce").iloc[0]) if len(rows) else float("nan")
+    # A report read back from CSV may hold '' for an undefined value (or, written before
+    # cluster counts were reported, no n_clusters column).
+    if not len(rows) or column not in rows:
+        return float("nan")
+    return float(pd.to_numeric(rows[column], errors="coerce").iloc[0])
 
 
 def compare_ct_classifiers(images: pd.DataFrame, **results: Any) -> pd.DataFrame:
     """One row per CT model: split protocol, evaluation (all sources or cross-source), input size, test metrics (macro) with the
     bootstrap 95% CI of balanced accuracy and AUC, COVID-class precision/recall/F1,
-    per-source accuracy, test size and the count of all-zero Grad-CAM maps.
+    per-source accuracy, test size in slices and in scans (the units the CIs resample)
+    and the count of all-zero Grad-CAM maps.
 
     ``results`` keys: ``<model>__test``, ``<model>__gradcam``, ``<model>__sizes``
     (dicts) and ``<model>__report`` (the metrics report table).
@@ -198,10 +202,12 @@ def compare_ct_classifiers(images: pd.DataFrame, **results: Any) -> pd.DataFrame
         for metric in ("precision", "recall", "f1"):
             table.loc[row, f"test_covid_{metric}"] = _report_value(report, "covid", metric)
         table.loc[row, "n_test"] = _report_value(report, "macro", "accuracy", "n")
+        table.loc[row, "n_test_scans"] = _report_value(report, "macro", "accuracy", "n_clusters")
     protocol = str(images["split_protocol"].iloc[0]) if len(images) else ""
     table.insert(1, "split_protocol", protocol)
     table.insert(2, "evaluation", str(images["evaluation"].iloc[0]) if "evaluation" in images and len(images) else "")
-    first = ["model", "split_protocol", "evaluation", "input_size", "reference_input_size", "n_test", "test_accuracy",
+    first = ["model", "split_protocol", "evaluation", "input_size", "reference_input_size", "n_test", "n_test_scans",
+             "test_accuracy",
              "test_balanced_accuracy", "test_balanced_accuracy_ci_low", "test_balanced_accuracy_ci_high",
              "test_roc_auc", "test_roc_auc_ci_low", "test_roc_auc_ci_high"]
     ordered = [c for c in first if c in table.columns] + [c for c in table.columns if c not in first]
