@@ -10,6 +10,7 @@ import pandas as pd
 
 from covid_imaging.classification.evaluation import classification_report_table
 from covid_imaging.inference.engine import ImageResult, InferenceModels
+from covid_imaging.pipelines.ingestion.groups import assign_group_ids
 from covid_imaging.segmentation.metrics import summarise_segmentation_metrics
 
 LEADING_COLUMNS = [
@@ -56,7 +57,10 @@ def external_classification_table(
     results: Sequence[ImageResult], models: InferenceModels, n_bootstrap: int, confidence: float, seed: int
 ) -> pd.DataFrame | None:
     """The classification metrics (bootstrap CIs, overall and per source) of every classifier
-    on the images whose label is one of its classes; None when no image has such a label."""
+    on the images whose label is one of its classes; None when no image has such a label.
+
+    The bootstrap resamples patients, grouped by the ingestion's file-name rules (several
+    images of one patient or slices of one scan are one unit), as in the pipelines."""
     tables = []
     for model in models.classifiers:
         classes = list(model.spec.classes)
@@ -66,8 +70,11 @@ def external_classification_table(
         y_true = np.array([classes.index(str(r.row["label"])) for r in scored])
         y_prob = np.stack([r.probabilities[model.namespace] for r in scored])
         sources = [str(r.row.get("source", "")) for r in scored]
+        patients = assign_group_ids(pd.DataFrame({"image_key": [str(r.row["image_key"]) for r in scored],
+                                                  "source": sources}))
         table = classification_report_table(
-            y_true, y_prob, classes, groups=sources, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed
+            y_true, y_prob, classes, groups=sources, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed,
+            clusters=patients.to_numpy(),
         )
         tables.append(table.assign(model=model.namespace, model_version=model.version))
     if not tables:
