@@ -115,10 +115,10 @@ def test_classification_pipeline_wires_transfer_audit_and_lung_model_from_the_re
 
 def test_every_per_model_classification_node_is_guarded_by_its_modality():
     # Every node that reads images (the classification_inputs table); the learning-curve
-    # plot reads only the training history.
+    # plot and the seed summary read only the training's outputs.
     per_model = [n for n in classification_pipeline.create_pipeline().nodes
                  if n.namespace and "classification_inputs" in n.inputs]
-    assert len(per_model) == 4 * len(REGISTRY.names("cxr_classification"))  # train, evaluate, Grad-CAM, seeds
+    assert len(per_model) == 3 * len(REGISTRY.names("cxr_classification"))  # train, evaluate, Grad-CAM
     for n in per_model:
         assert isinstance(n.func, ModalityGuarded), n.name
         assert n.func.modality == REGISTRY.by_namespace(n.namespace).modality == "cxr"

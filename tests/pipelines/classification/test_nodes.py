@@ -1,4 +1,4 @@
-"""Lung masking and shortcut-audit nodes on hand-made inputs."""
+"""Lung masking, shortcut-audit and seed-selection nodes on hand-made inputs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,12 @@ import pandas as pd
 import pytest
 
 from covid_imaging.imaging.io import decode_gray, encode_png
-from covid_imaging.pipelines.classification.nodes import audit_shortcuts, mask_lungs
+from covid_imaging.pipelines.classification.nodes import (
+    _train_over_seeds,
+    audit_shortcuts,
+    mask_lungs,
+    summarise_seeds,
+)
 from tests.conftest import chest_like_image
 
 SIZE = 64
@@ -81,3 +86,51 @@ def test_shortcut_audit_chance_level_comes_from_the_audited_models_classes():
     two = audit_shortcuts(real, lungless, {"chance_margin": 0.1}, {"classes": ["normal", "covid"]})
     assert three["chance_level"] == pytest.approx(1 / 3) and three["lungless_above_chance"]
     assert two["chance_level"] == pytest.approx(0.5) and not two["lungless_above_chance"]
+
+
+# ---------------------------------------------------------------- seeds
+
+
+def brightness_classifier(direction: float) -> keras.Model:
+    """A stand-in classifier of (non_covid, covid) by mean brightness: ``direction`` 1
+    calls bright images covid, -1 calls them non_covid, 0 says non_covid for everything."""
+    inputs = keras.Input((16, 16, 1))
+    mean = keras.layers.GlobalAveragePooling2D()(inputs)
+    logits = keras.layers.Dense(2)(mean)
+    model = keras.Model(inputs, keras.layers.Softmax()(logits))
+    model.layers[2].set_weights([np.array([[-direction, direction]], np.float32) * 20,
+                                 np.array([10 * direction + 1e-3, -10 * direction], np.float32)])
+    return model
+
+
+def test_the_model_is_the_seed_best_on_validation_and_every_seed_is_reported(tmp_path):
+    rows = []
+    for split in ("train", "validation", "test"):
+        for k in range(4):
+            label = ("non_covid", "covid")[k % 2]
+            path = tmp_path / f"{split}{k}.png"
+            cv2.imwrite(str(path), np.full((16, 16), 230 if label == "covid" else 20, np.uint8))
+            rows.append({"image_id": f"{split}{k}", "label": label, "split": split, "image_path": str(path),
+                         "default_variant": "whole", "in_training_sample": True})
+    inputs = pd.DataFrame(rows)
+    data = {"image_size": 16, "batch_size": 4, "classes": ["non_covid", "covid"], "image_variant": "whole", "seed": 42}
+    directions = {42: 0.0, 43: 1.0, 44: -1.0}  # validation balanced accuracy 0.5, 1.0, 0.0
+
+    def train_once(seeded):
+        return brightness_classifier(directions[seeded["seed"]]), {"trained_seed": [seeded["seed"]]}
+
+    model, history, predictions = _train_over_seeds(train_once, inputs, data, {"n_seeds": 3})
+    assert history == {"trained_seed": [43]}
+    assert model.predict(np.full((1, 16, 16, 1), 0.9, np.float32), verbose=0).argmax() == 1
+    assert set(predictions["split"]) == {"validation", "test"} and sorted(set(predictions["seed"])) == [42, 43, 44]
+    summary = summarise_seeds(predictions, data, {"n_seeds": 3})
+    assert summary["selected_seed"] == 43
+    assert [summary[f"validation_balanced_accuracy_seed{seed}"] for seed in (42, 43, 44)] == [0.5, 1.0, 0.0]
+    assert [summary[f"test_balanced_accuracy_seed{seed}"] for seed in (42, 43, 44)] == [0.5, 1.0, 0.0]
+    assert summary["test_balanced_accuracy_seed_mean"] == pytest.approx(0.5)
+
+    _, first_history, _ = _train_over_seeds(train_once, inputs, data, {"n_seeds": 3, "select_seed": "first"})
+    assert first_history == {"trained_seed": [42]}
+    assert summarise_seeds(predictions, data, {"n_seeds": 3, "select_seed": "first"})["selected_seed"] == 42
+    with pytest.raises(ValueError, match="select_seed must be 'validation' or 'first', got 'test'"):
+        _train_over_seeds(train_once, inputs, data, {"n_seeds": 3, "select_seed": "test"})

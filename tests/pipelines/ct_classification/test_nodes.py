@@ -251,12 +251,12 @@ def test_all_nine_registered_ct_models_build_namespaced_pipelines():
     assert namespaces == {f"ct_classification.{m}" for m in CT_CLASSIFICATION_MODELS}
     for model in CT_CLASSIFICATION_MODELS:
         names = {n.name.rsplit(".", 1)[-1] for n in pipe.nodes if n.namespace == f"ct_classification.{model}"}
-        expected = {"model_data", "train", "plot_learning_curves", "evaluate", "grad_cam", "repeat_over_seeds"} | (
+        expected = {"model_data", "train", "plot_learning_curves", "evaluate", "grad_cam", "summarise_seeds"} | (
             {"activation_maps"} if model == "basic_cnn" else set())
         assert names == expected
         for node in pipe.nodes:  # every model node is guarded to CT slices
             if node.namespace == f"ct_classification.{model}" and node.name.rsplit(".", 1)[-1] not in (
-                    "model_data", "plot_learning_curves"):  # these read no images
+                    "model_data", "plot_learning_curves", "summarise_seeds"):  # these read no images
                 assert isinstance(node.func, ModalityGuarded) and node.func.modality == "ct"
     assert "ct_classification_comparison" in pipe.all_outputs()
     assert "model_input_table" in pipe.inputs() and "lung_masked_images" not in pipe.all_inputs()

@@ -64,6 +64,9 @@ EVALUATION_DEFAULTS: dict[str, Any] = {
     # CT scan are not independent); image: every image on its own
     "bootstrap_unit": "group",
     "n_seeds": 1,        # trainings with seeds data.seed + 0..n-1: test balanced accuracy mean +- std
+    # which of them is the model: the highest validation balanced accuracy (validation), or
+    # the one with seed data.seed (first)
+    "select_seed": "validation",
 }
 LEARNING_CURVES = (("loss", "Loss"), ("balanced_accuracy", "Balanced accuracy"))
 
@@ -388,13 +391,11 @@ def split_balanced_accuracy(
 ) -> tuple[float, int]:
     """Balanced accuracy of ``model`` on one split of ``inputs`` (the model's classes and
     image variant), and that split's number of images."""
-    from sklearn.metrics import (
-        balanced_accuracy_score,  # noqa: PLC0415 - scikit-learn is heavy to import
-    )
-
     rows = _rows(inputs, data, split)
-    predicted = _predict(model, rows, data).argmax(axis=1)
-    return float(balanced_accuracy_score(_labels(rows, data), predicted)), len(rows)
+    probabilities = _predict(model, rows, data)
+    predictions = rows[["label"]].assign(**{f"p_{name}": probabilities[:, index]
+                                            for index, name in enumerate(data["classes"])})
+    return _balanced_accuracy(predictions, list(data["classes"])), len(rows)
 
 
 def evaluate_classifier(
@@ -486,36 +487,99 @@ def plot_learning_curves(training_history: dict[str, list[float]]) -> Figure:
     return plot_training_curves(training_history, curves=LEARNING_CURVES)
 
 
-def repeat_over_seeds(
-    inputs: pd.DataFrame, model_params: dict[str, Any], training: dict[str, Any], data: dict[str, Any],
-    evaluation: dict[str, Any], test_metrics: dict[str, float], source_model: keras.Model | None = None,
-) -> dict[str, float]:
-    """Test balanced accuracy over ``evaluation.n_seeds`` trainings: the evaluated model
-    (seed ``data.seed``) and ``n_seeds - 1`` more with seeds ``data.seed + 1, ...`` (same
-    data, same split: what changes is initialisation, shuffling, augmentation, dropout).
-
-    A transfer model restarts from the same ``source_model`` every time. Returns the
-    mean, the (sample) standard deviation and each seed's value (``..._seed<k>``).
-    """
+def _checked_evaluation(evaluation: dict[str, Any]) -> dict[str, Any]:
     evaluation = merge_params(EVALUATION_DEFAULTS, evaluation, where="evaluation")
-    n_seeds = int(evaluation["n_seeds"])
-    if n_seeds < 1:
-        raise ValueError(f"evaluation.n_seeds must be >= 1, got {n_seeds}")
-    values = [float(test_metrics["test_balanced_accuracy"])]
-    for offset in range(1, n_seeds):
+    if int(evaluation["n_seeds"]) < 1:
+        raise ValueError(f"evaluation.n_seeds must be >= 1, got {evaluation['n_seeds']}")
+    if evaluation["select_seed"] not in ("validation", "first"):
+        raise ValueError(f"evaluation.select_seed must be 'validation' or 'first', got {evaluation['select_seed']!r}")
+    return evaluation
+
+
+def _train_over_seeds(
+    train_once: Callable[[dict[str, Any]], tuple[keras.Model, dict[str, list[float]]]],
+    inputs: pd.DataFrame, data: dict[str, Any], evaluation: dict[str, Any],
+) -> tuple[keras.Model, dict[str, list[float]], pd.DataFrame]:
+    """``train_once`` with seeds ``data.seed + 0 .. n_seeds - 1`` (same data and split: what
+    changes is initialisation, shuffling, augmentation, dropout). Returns the selected
+    seed's model and history, and every seed's class probabilities on the validation and
+    test splits (the test split plays no part in the selection)."""
+    evaluation = _checked_evaluation(evaluation)
+    splits = {split: _rows(inputs, data, split) for split in ("validation", "test")}
+    selected: tuple[float, keras.Model, dict[str, list[float]]] | None = None
+    tables = []
+    for offset in range(int(evaluation["n_seeds"])):
         seeded = {**data, "seed": int(data["seed"]) + offset}
-        if source_model is None:
-            model, _ = train_classification_model(inputs, model_params, training, {**seeded, "cross_validation": False})
-        else:
-            model, _ = transfer_and_fine_tune(inputs, source_model, model_params, training, seeded)
-        values.append(split_balanced_accuracy(model, inputs, seeded, "test")[0])
-        logger.info("Seed %d: test balanced accuracy %.3f", seeded["seed"], values[-1])
-    result = {
-        "n_seeds": float(n_seeds),
-        "test_balanced_accuracy_seed_mean": float(np.mean(values)),
-        "test_balanced_accuracy_seed_std": float(np.std(values, ddof=1)) if n_seeds > 1 else float("nan"),
+        if offset:
+            seeded["cross_validation"] = False  # the k-fold protocol runs once, with the first seed
+        model, history = train_once(seeded)
+        for split, rows in splits.items():
+            probabilities = _predict(model, rows, seeded)
+            tables.append(rows[["image_id", "label"]].assign(
+                split=split, seed=seeded["seed"],
+                **{f"p_{name}": probabilities[:, index] for index, name in enumerate(data["classes"])},
+            ))
+        score = _balanced_accuracy(tables[-2], data["classes"])
+        logger.info("Seed %d: validation balanced accuracy %.3f", seeded["seed"], score)
+        if selected is None or (evaluation["select_seed"] == "validation" and score > selected[0]):
+            selected = (score, model, history)
+    assert selected is not None
+    return selected[1], selected[2], pd.concat(tables, ignore_index=True)
+
+
+def _balanced_accuracy(predictions: pd.DataFrame, classes: list[str]) -> float:
+    from sklearn.metrics import (
+        balanced_accuracy_score,  # noqa: PLC0415 - scikit-learn is heavy to import
+    )
+
+    predicted = predictions[[f"p_{name}" for name in classes]].to_numpy().argmax(axis=1)
+    return float(balanced_accuracy_score(predictions["label"].map(classes.index), predicted))
+
+
+def train_over_seeds(
+    inputs: pd.DataFrame, model_params: dict[str, Any], training: dict[str, Any], data: dict[str, Any],
+    evaluation: dict[str, Any],
+) -> tuple[keras.Model, dict[str, list[float]], pd.DataFrame]:
+    """:func:`train_classification_model` over ``evaluation.n_seeds`` seeds; the model is
+    the seed with the highest validation balanced accuracy (``select_seed: validation``) or
+    the first seed's (``first``). Also returns every seed's validation and test probabilities."""
+    return _train_over_seeds(lambda seeded: train_classification_model(inputs, model_params, training, seeded),
+                             inputs, data, evaluation)
+
+
+def transfer_over_seeds(
+    inputs: pd.DataFrame, source_model: keras.Model, model_params: dict[str, Any], training: dict[str, Any],
+    data: dict[str, Any], evaluation: dict[str, Any],
+) -> tuple[keras.Model, dict[str, list[float]], pd.DataFrame]:
+    """:func:`transfer_and_fine_tune` over seeds, as :func:`train_over_seeds`; every seed
+    restarts from the same ``source_model``."""
+    return _train_over_seeds(
+        lambda seeded: transfer_and_fine_tune(inputs, source_model, model_params, training, seeded),
+        inputs, data, evaluation,
+    )
+
+
+def summarise_seeds(seed_predictions: pd.DataFrame, data: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, float]:
+    """Test balanced accuracy over the seeds: mean, (sample) standard deviation, each seed's
+    value (``..._seed<k>``), each seed's validation balanced accuracy and the selected seed."""
+    evaluation = _checked_evaluation(evaluation)
+    scores = {
+        (split, int(seed)): _balanced_accuracy(group, list(data["classes"]))
+        for (split, seed), group in seed_predictions.groupby(["split", "seed"], sort=True)
     }
-    result.update({f"test_balanced_accuracy_seed{int(data['seed']) + k}": v for k, v in enumerate(values)})
+    seeds = sorted({seed for _, seed in scores})
+    test = [scores["test", seed] for seed in seeds]
+    validation = [scores["validation", seed] for seed in seeds]
+    best = int(np.argmax(validation)) if evaluation["select_seed"] == "validation" else 0
+    result = {
+        "n_seeds": float(len(seeds)),
+        "selected_seed": float(seeds[best]),
+        "test_balanced_accuracy_seed_mean": float(np.mean(test)),
+        "test_balanced_accuracy_seed_std": float(np.std(test, ddof=1)) if len(seeds) > 1 else float("nan"),
+    }
+    result.update({f"test_balanced_accuracy_seed{seed}": value for seed, value in zip(seeds, test, strict=True)})
+    result.update({f"validation_balanced_accuracy_seed{seed}": value
+                   for seed, value in zip(seeds, validation, strict=True)})
     return result
 
 

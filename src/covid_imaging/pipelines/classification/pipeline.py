@@ -34,10 +34,10 @@ from covid_imaging.pipelines.classification.nodes import (
     explain_with_gradcam_unmasked,
     mask_lungs,
     plot_learning_curves,
-    repeat_over_seeds,
     select_classification_images,
-    train_classification_model,
-    transfer_and_fine_tune,
+    summarise_seeds,
+    train_over_seeds,
+    transfer_over_seeds,
 )
 from covid_imaging.registry import FAMILIES, ModelSpec, RegistryError, load_registry
 
@@ -82,38 +82,33 @@ def _evaluation_nodes(modality: str, lung_masks: bool = True, data: str = "param
 def model_template(
     source_model: str | None, modality: str = MODALITY, lung_masks: bool = True, data: str = "params:data"
 ) -> Pipeline:
-    """Train (from scratch, two-phase, or by transfer) → learning curves, evaluate →
-    Grad-CAM, and the same training repeated over ``evaluation.n_seeds`` seeds (test
-    balanced accuracy mean ± std), every node guarded so that it only accepts images of
-    ``modality``.
+    """Train (from scratch, two-phase, or by transfer) over ``evaluation.n_seeds`` seeds,
+    keeping the seed chosen on the validation split → learning curves, evaluate → Grad-CAM,
+    and every seed's test balanced accuracy (mean ± std); every node that reads images is
+    guarded so that it only accepts images of ``modality``.
 
     The one per-model template of every classifier family: ``lung_masks=False`` for
     images without lung masks (CT: Grad-CAM without the lung share); ``data`` names the
     data settings the nodes read (``params:data``, or a node output such as the CT
     pipeline's effective settings).
     """
+    outputs = ["model", "training_history", "seed_predictions"]
     if source_model is None:
         train = node(
-            ModalityGuarded(train_classification_model, modality),
-            ["classification_inputs", "params:model", "params:training", data],
-            ["model", "training_history"],
+            ModalityGuarded(train_over_seeds, modality),
+            ["classification_inputs", "params:model", "params:training", data, "params:evaluation"],
+            outputs,
             name="train",
         )
     else:
         train = node(
-            ModalityGuarded(transfer_and_fine_tune, modality),
-            ["classification_inputs", "source_model", "params:model", "params:training", data],
-            ["model", "training_history"],
+            ModalityGuarded(transfer_over_seeds, modality),
+            ["classification_inputs", "source_model", "params:model", "params:training", data, "params:evaluation"],
+            outputs,
             name="transfer_and_fine_tune",
         )
-    seeds_inputs = ["classification_inputs", "params:model", "params:training", data, "params:evaluation",
-                    "test_metrics"]
-    seeds = node(
-        ModalityGuarded(repeat_over_seeds, modality),
-        seeds_inputs if source_model is None else [*seeds_inputs, "source_model"],
-        "seed_metrics",
-        name="repeat_over_seeds",
-    )
+    seeds = node(summarise_seeds, ["seed_predictions", data, "params:evaluation"], "seed_metrics",
+                 name="summarise_seeds")
     curves = node(plot_learning_curves, "training_history", "learning_curves", name="plot_learning_curves")
     return pipeline([train, curves, *_evaluation_nodes(modality, lung_masks, data), seeds])
 
