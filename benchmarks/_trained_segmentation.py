@@ -35,8 +35,15 @@ def load_trained_segmentation(model: str, env: str, model_file: Path | None = No
         )
 
 
-def paired_interval(difference: np.ndarray, n_bootstrap: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """Bootstrap 95 % interval of the mean of per-image paired differences (images resampled)."""
+def paired_interval(
+    difference: np.ndarray, groups: np.ndarray | None = None, n_bootstrap: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """Bootstrap 95 % interval of the mean of per-image paired differences, resampling
+    whole patient groups (``groups``, one id per image: films of one patient are not
+    independent), or images when no groups are given."""
     rng = np.random.default_rng(seed)
-    means = np.array([rng.choice(difference, len(difference)).mean() for _ in range(n_bootstrap)])
-    return percentile_interval(means)
+    groups = np.arange(len(difference)) if groups is None else np.asarray(groups)
+    members = [np.flatnonzero(groups == group) for group in np.unique(groups)]
+    means = [difference[np.concatenate([members[k] for k in rng.integers(0, len(members), len(members))])].mean()
+             for _ in range(n_bootstrap)]
+    return percentile_interval(np.array(means))

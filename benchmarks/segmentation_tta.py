@@ -3,7 +3,7 @@
 Averages the model's probability maps over copies of each image (shifted by a few
 pixels, or mirrored left-right) after undoing the transform on each map, and scores the
 result as the pipeline does: Dice at native resolution after post-processing, per mask
-source, with the paired difference to the plain model (bootstrap 95 % CI over images).
+source, with the paired difference to the plain model (bootstrap 95 % CI, patients resampled).
 Validation split only: this is how the choice is made, never on the test split. Run
 after the segmentation pipeline has trained the model, e.g.::
 
@@ -82,11 +82,11 @@ def main() -> None:
             plain = dice
         else:
             difference = (dice - plain).to_numpy()
-            low, high = paired_interval(difference)
+            low, high = paired_interval(difference, rows.set_index("image_id").loc[dice.index, "group_id"].to_numpy())
             line += (f"; paired difference {difference.mean():+.4f} [{low:+.4f}, {high:+.4f}], "
                      f"better on {int((difference > 0).sum())} of {len(difference)}")
         print(line, flush=True)
-    print(f"validation split: {len(rows)} images")
+    print(f"validation split: {len(rows)} images of {rows['group_id'].nunique()} patients (the unit the CIs resample)")
 
 
 if __name__ == "__main__":
