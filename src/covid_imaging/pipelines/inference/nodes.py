@@ -183,7 +183,7 @@ class SpooledRun:
         self.predicted = {ns: Counter(counts) for ns, counts in class_counts(pd.DataFrame(), models).items()}
         self.flagged = Counter(qc_counts(pd.DataFrame()))
         self.scored: list[pd.DataFrame] = []  # image_id, source, Dice and IoU of images with a mask
-        self.labelled: list[ImageResult] = []  # label, source and probabilities of labelled images
+        self.labelled: list[ImageResult] = []  # label, source, file and probabilities of labelled images
         self._classes = {str(c) for model in models.classifiers for c in model.spec.classes}
         self.spool = tempfile.mkdtemp(prefix="covid-imaging-inference-")
         self._cleanup = weakref.finalize(self, shutil.rmtree, self.spool, True)
@@ -215,7 +215,9 @@ class SpooledRun:
         if "dice_native" in rows.columns:
             self.scored.append(rows.loc[rows["dice_native"].notna(), ["image_id", "source", "dice_native", "iou_native"]])
         self.labelled += [
-            ImageResult(row={"label": r.row.get("label"), "source": r.row.get("source", "")}, probabilities=r.probabilities)
+            ImageResult(row={"label": r.row.get("label"), "source": r.row.get("source", ""),
+                             "image_key": r.row["image_key"]},  # the file name groups films by patient
+                        probabilities=r.probabilities)
             for r in results if r.probabilities and str(r.row.get("label")) in self._classes
         ]
 
