@@ -9,7 +9,7 @@ import numpy as np
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
-from covid_imaging.classification.evaluation import percentile_interval
+from covid_imaging.classification.evaluation import cluster_bootstrap_indices, percentile_interval
 from covid_imaging.inference.models import load_keras_file
 
 
@@ -41,9 +41,7 @@ def paired_interval(
     """Bootstrap 95 % interval of the mean of per-image paired differences, resampling
     whole patient groups (``groups``, one id per image: films of one patient are not
     independent), or images when no groups are given."""
+    groups = np.arange(len(difference)) if groups is None else groups
     rng = np.random.default_rng(seed)
-    groups = np.arange(len(difference)) if groups is None else np.asarray(groups)
-    members = [np.flatnonzero(groups == group) for group in np.unique(groups)]
-    means = [difference[np.concatenate([members[k] for k in rng.integers(0, len(members), len(members))])].mean()
-             for _ in range(n_bootstrap)]
+    means = [difference[indices].mean() for indices in cluster_bootstrap_indices(groups, n_bootstrap, rng)]
     return percentile_interval(np.array(means))

@@ -19,7 +19,7 @@ resampling them one by one gives intervals that are too narrow (a cluster bootst
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import numpy as np
@@ -214,17 +214,24 @@ def _cluster_ids(clusters: Sequence[str] | np.ndarray, y_true: np.ndarray) -> np
     return cluster_ids
 
 
+def cluster_bootstrap_indices(
+    clusters: Sequence[str] | np.ndarray, n_bootstrap: int, rng: np.random.Generator
+) -> Iterator[np.ndarray]:
+    """Sample indices of ``n_bootstrap`` cluster-bootstrap resamples: each draws as many
+    clusters as there are, with replacement, and takes every sample of each drawn one."""
+    _, cluster_index = np.unique(np.asarray(clusters).astype(str), return_inverse=True)
+    members = [np.flatnonzero(cluster_index == c) for c in range(cluster_index.max() + 1)]
+    for drawn in rng.integers(0, len(members), size=(n_bootstrap, len(members))):
+        yield np.concatenate([members[c] for c in drawn])
+
+
 def _cluster_bootstrap_samples(
     y_true: np.ndarray, y_prob: np.ndarray, n_classes: int, n_bootstrap: int,
     rng: np.random.Generator, clusters: Sequence[str] | np.ndarray,
 ) -> dict[str, np.ndarray]:
-    _, cluster_index = np.unique(_cluster_ids(clusters, y_true), return_inverse=True)
-    members = [np.flatnonzero(cluster_index == c) for c in range(cluster_index.max() + 1)]
     # Resamples differ in size (clusters differ in size), so each is scored on its own.
-    resamples = []
-    for drawn in rng.integers(0, len(members), size=(n_bootstrap, len(members))):
-        indices = np.concatenate([members[c] for c in drawn])
-        resamples.append(_metric_samples(y_true[indices][None], y_prob[indices][None], n_classes))
+    resamples = [_metric_samples(y_true[indices][None], y_prob[indices][None], n_classes)
+                 for indices in cluster_bootstrap_indices(_cluster_ids(clusters, y_true), n_bootstrap, rng)]
     return {key: np.concatenate([resample[key] for resample in resamples]) for key in resamples[0]}
 
 

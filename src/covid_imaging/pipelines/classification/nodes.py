@@ -402,17 +402,14 @@ def evaluate_classifier(
     model: keras.Model, inputs: pd.DataFrame, data: dict[str, Any], evaluation: dict[str, Any]
 ) -> tuple[pd.DataFrame, dict[str, float], Figure, Figure, pd.DataFrame]:
     """Test-split metrics per class, macro, overall and per source, with bootstrap 95% CIs."""
-    evaluation = merge_params(EVALUATION_DEFAULTS, evaluation, where="evaluation")
-    unit = evaluation["bootstrap_unit"]
-    if unit not in ("group", "image"):
-        raise ValueError(f"evaluation.bootstrap_unit must be 'group' or 'image', got {unit!r}")
+    evaluation = _checked_evaluation(evaluation)
     test = _rows(inputs, data, "test")
     probabilities = _predict(model, test, data)
     y_true = test["label"].map({name: index for index, name in enumerate(data["classes"])}).to_numpy()
     report = classification_report_table(
         y_true, probabilities, data["classes"], groups=test["source"].to_numpy(),
         n_bootstrap=int(evaluation["n_bootstrap"]), seed=int(data["seed"]),
-        clusters=test["group_id"].to_numpy() if unit == "group" else None,
+        clusters=test["group_id"].to_numpy() if evaluation["bootstrap_unit"] == "group" else None,
     )
     metrics = {f"test_{name}": value for name, value in macro_metrics_from_table(report).items()}
     for source in sorted(test["source"].unique()):
@@ -491,6 +488,8 @@ def _checked_evaluation(evaluation: dict[str, Any]) -> dict[str, Any]:
     evaluation = merge_params(EVALUATION_DEFAULTS, evaluation, where="evaluation")
     if int(evaluation["n_seeds"]) < 1:
         raise ValueError(f"evaluation.n_seeds must be >= 1, got {evaluation['n_seeds']}")
+    if evaluation["bootstrap_unit"] not in ("group", "image"):
+        raise ValueError(f"evaluation.bootstrap_unit must be 'group' or 'image', got {evaluation['bootstrap_unit']!r}")
     if evaluation["select_seed"] not in ("validation", "first"):
         raise ValueError(f"evaluation.select_seed must be 'validation' or 'first', got {evaluation['select_seed']!r}")
     return evaluation
