@@ -222,6 +222,26 @@ def _executor(config: ComputeConfig) -> tuple[Executor, bool, int]:
     return ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="compute"), True, config.workers
 
 
+def _log_to_stderr(level: int) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def call_in_fresh_process(function: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+    """``function(*args, **kwargs)`` in a new process that ends with the call (``forkserver``,
+    as the ``processes`` backend), its result returned and its exception re-raised here.
+
+    Why: TensorFlow keeps about a gigabyte of memory for every deep network built in a
+    process, even once no model is left alive (README, "Scaling out"); a job that trains
+    dozens of networks in one process would outgrow the machine. ``function`` and its
+    arguments must be picklable; the child logs this process's log level to stderr.
+    """
+    context = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
+    level = logging.getLogger().getEffectiveLevel()
+    with ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_log_to_stderr,
+                             initargs=(level,)) as executor:
+        return executor.submit(function, *args, **kwargs).result()
+
+
 def ordered_map(
     function: Callable[[T], R], items: Iterable[T], config: ComputeConfig | Mapping[str, Any] | None = None
 ) -> Iterator[R]:

@@ -49,13 +49,14 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 from covid_imaging.progress import format_duration
-from covid_imaging.registry import namespace_roots
+from covid_imaging.registry import CT_CV_NAMESPACE_ROOT, namespace_roots
 
 logger = logging.getLogger(__name__)
 
 # Every registry family's namespace root (segmentation, classification, ct_classification),
-# plus the cross-source segmentation pipeline's runs (one per training recipe, not a model).
-TRACKED_NAMESPACE_ROOTS = (*namespace_roots(), "segmentation_cross_source")
+# plus the cross-source segmentation pipeline's runs (one per training recipe, not a model)
+# and the CT models' rotated test folds (one per model).
+TRACKED_NAMESPACE_ROOTS = (*namespace_roots(), "segmentation_cross_source", CT_CV_NAMESPACE_ROOT)
 MAX_PARAM_LENGTH = 6000
 RUNS_ENV = "COVID_IMAGING_MLFLOW_RUNS"  # {"tracking_uri": ..., "runs": {namespace: run id}}
 # Runners whose nodes (and hook calls) stay in the driver process; others share pre-created runs.
@@ -69,7 +70,8 @@ EXPERIMENT_TAGS = {
         "tags task/model/dataset). Filter: tags.task = 'segmentation', then Compare."
     ),
 }
-REPORTS_TO_ANNOUNCE = ("segmentation_comparison", "segmentation_cross_source", "classification_comparison", "shortcut_audit", "rejected_files")
+REPORTS_TO_ANNOUNCE = ("segmentation_comparison", "segmentation_cross_source", "classification_comparison", "shortcut_audit", "rejected_files", "ct_classification_comparison",
+                       "ct_classification_cv_comparison")
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
@@ -254,9 +256,14 @@ class ModelRunTrackingHook:
         namespace, run_id = tracked
         self._node_started[node.name] = time.monotonic()
         params: dict[str, str] = {}
+        model = namespace.split(".", 1)[1]
+        # The model's own parameters: its namespace's, or (ct_classification_cv) the
+        # registry block of the same model that the namespace reads them from.
+        prefixes = [f"params:{root}.{model}." for root in TRACKED_NAMESPACE_ROOTS]
         for name, value in inputs.items():
-            if name.startswith(f"params:{namespace}."):
-                _flatten(name[len(f"params:{namespace}.") :], value, params)
+            prefix = next((prefix for prefix in prefixes if name.startswith(prefix)), None)
+            if prefix is not None:
+                _flatten(name[len(prefix):], value, params)
         existing = self._client.get_run(run_id).data.params
         new = {key: value for key, value in params.items() if key not in existing}
         if new:

@@ -50,6 +50,8 @@ def register_pipelines() -> dict[str, Pipeline]:
         # Lung CT slices, COVID-19 vs non-COVID: the nine registered CT models (no lung masking)
         "ct_classification": data_preparation + ct_classification.create_pipeline(),
         "ct_classification_models": ct_classification.create_pipeline(),
+        # The same models on rotated test folds: every scan tested once (5 trainings per model)
+        "ct_classification_cv": data_preparation + ct_classification.create_cv_pipeline(),
         # Trained models applied to new images (no training, no data preparation)
         "inference": inference.create_pipeline(),
         "inference_model": inference.create_model_pipeline(),  # the same, as one MLflow pyfunc model

@@ -129,6 +129,11 @@ class ModelSpec:
 # ----------------------------------------------------------------------- modality
 
 
+# The CT models trained again on rotated test folds (pipeline ct_classification_cv): one
+# namespace (and MLflow run) per model under this root, parameters from the family's blocks.
+CT_CV_NAMESPACE_ROOT = "ct_classification_cv"
+
+
 def namespace_roots() -> tuple[str, ...]:
     """The namespace roots of every family (what the MLflow hook tracks)."""
     return tuple(family.namespace_root for family in FAMILIES.values())

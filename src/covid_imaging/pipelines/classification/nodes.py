@@ -402,9 +402,18 @@ def evaluate_classifier(
     model: keras.Model, inputs: pd.DataFrame, data: dict[str, Any], evaluation: dict[str, Any]
 ) -> tuple[pd.DataFrame, dict[str, float], Figure, Figure, pd.DataFrame]:
     """Test-split metrics per class, macro, overall and per source, with bootstrap 95% CIs."""
-    evaluation = _checked_evaluation(evaluation)
     test = _rows(inputs, data, "test")
-    probabilities = _predict(model, test, data)
+    return evaluate_probabilities(test, _predict(model, test, data), data, evaluation)
+
+
+def evaluate_probabilities(
+    test: pd.DataFrame, probabilities: np.ndarray, data: dict[str, Any], evaluation: dict[str, Any]
+) -> tuple[pd.DataFrame, dict[str, float], Figure, Figure, pd.DataFrame]:
+    """:func:`evaluate_classifier` from the class probabilities of the ``test`` rows (one
+    model's, or the out-of-fold ones of several): the report with bootstrap CIs (patients
+    or scans resampled, ``evaluation.bootstrap_unit``), macro and per-source metrics,
+    confusion matrix, ROC curves and the predictions table."""
+    evaluation = _checked_evaluation(evaluation)
     y_true = test["label"].map({name: index for index, name in enumerate(data["classes"])}).to_numpy()
     report = classification_report_table(
         y_true, probabilities, data["classes"], groups=test["source"].to_numpy(),

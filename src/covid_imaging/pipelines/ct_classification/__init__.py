@@ -1,5 +1,5 @@
 """Lung CT classification pipelines (COVID-19 vs non-COVID, the nine-model study)."""
 
-from .pipeline import create_pipeline
+from .pipeline import create_cv_pipeline, create_pipeline
 
-__all__ = ["create_pipeline"]
+__all__ = ["create_cv_pipeline", "create_pipeline"]

@@ -19,7 +19,18 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from covid_imaging.classification.models import KERAS_APPLICATIONS
-from covid_imaging.pipelines.classification.nodes import _image_paths, _rows, compare_classifiers
+from covid_imaging.compute import call_in_fresh_process
+from covid_imaging.params import merge_params
+from covid_imaging.pipelines.classification.nodes import (
+    _balanced_accuracy,
+    _image_paths,
+    _predict,
+    _rows,
+    compare_classifiers,
+    evaluate_probabilities,
+    split_balanced_accuracy,
+    train_over_seeds,
+)
 from covid_imaging.pipelines.splits.nodes import split_rows, undersample_training_split
 from covid_imaging.registry import MODALITY_COLUMN, check_modality, with_modality
 
@@ -27,6 +38,12 @@ logger = logging.getLogger(__name__)
 
 MODALITY = "ct"
 SPLIT_PROTOCOLS = ("grouped", "random_slices")
+# ct_classification_cv (rotated test folds): how the folds of one model are trained.
+CV_DEFAULTS: dict[str, Any] = {
+    # Each model's folds in a new process that ends with them: TensorFlow keeps memory for
+    # every network built in a process, and the study builds 5 x 9 of them.
+    "fresh_process": True,
+}
 # What a CT model may see of a slice: its preprocessed (gray, square) image and labels.
 # Raw-file properties (channel count, bit depth, format, original size) are not passed on:
 # in sarscov2_ct the channel count differs by class (RGB vs RGBA).
@@ -102,6 +119,43 @@ def select_ct_images(
     return table
 
 
+def select_ct_folds(
+    model_input_table: pd.DataFrame, params: dict[str, Any], splits: dict[str, Any]
+) -> pd.DataFrame:
+    """The CT slices under every rotation of the split (column ``fold``): in fold ``r`` the
+    ``r``-th block of bins is the test split and the next one validation (see
+    :func:`~covid_imaging.pipelines.splits.nodes.split_rows`), so that each slice, and
+    under the grouped protocol each scan, is tested exactly once, by a model that never
+    saw it. Fold 0 is :func:`select_ct_images`' split. With the CT default of 5 bins
+    (test 1, validation 1): 5 folds of 60/20/20.
+
+    Cross-source selections (``train_sources``/``test_sources``) already test every
+    slice of the test sources and are refused here.
+    """
+    if params.get("train_sources") or params.get("test_sources"):
+        raise ValueError("ct_classification_data: rotated test folds are for one pool of sources; "
+                         "unset train_sources and test_sources (a cross-source run tests every slice already)")
+    merged = {**splits, **(params.get("splits") or {})}
+    n_bins = int(merged.get("n_bins", 10))
+    test_bins = round(float(merged["test_fraction"]) * n_bins)
+    if test_bins < 1 or n_bins % test_bins:
+        raise ValueError(f"ct_classification_data.splits: rotated test folds need test_fraction x n_bins to divide "
+                         f"n_bins, got test_fraction {merged['test_fraction']} of {n_bins} bins")
+    folds = []
+    for rotation in range(n_bins // test_bins):
+        rotated = {**params, "splits": {**(params.get("splits") or {}), "rotation": rotation}}
+        folds.append(select_ct_images(model_input_table, rotated, splits).assign(fold=rotation))
+    table = pd.concat(folds, ignore_index=True).assign(evaluation=f"{len(folds)} rotated test folds")
+    tested = table[table["split"] == "test"].groupby("image_id").size()
+    slices = set(table["image_id"])
+    if len(tested) != len(slices) or (tested != 1).any():
+        raise AssertionError(f"rotated test folds must test every slice once: {len(tested)} of {len(slices)} tested, "
+                             f"{int((tested > 1).sum())} more than once")
+    logger.info("CT rotated test folds: %d folds, test slices per fold %s", len(folds),
+                table[table["split"] == "test"].groupby("fold").size().to_dict())
+    return table
+
+
 def _cross_source(
     table: pd.DataFrame, train_sources: list[str] | None, test_sources: list[str] | None
 ) -> tuple[pd.DataFrame, str]:
@@ -120,6 +174,75 @@ def _cross_source(
     test = table[table["source"].isin(test_sources)].assign(split="test", cv_fold=-1, in_training_sample=False)
     evaluation = f"{'+'.join(train_sources)} -> {'+'.join(test_sources)}"
     return pd.concat([development, test], ignore_index=True), evaluation
+
+
+def train_test_folds(
+    folds: pd.DataFrame, model_params: dict[str, Any], training: dict[str, Any], data: dict[str, Any],
+    evaluation: dict[str, Any], cv: dict[str, Any],
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """One model per rotated fold (:func:`select_ct_folds`): trained as the single-split
+    pipeline trains it (:func:`~covid_imaging.pipelines.classification.nodes.train_over_seeds`,
+    seed chosen on the fold's validation split), then applied to the fold's test slices;
+    with ``cv.fresh_process`` all in a new process that ends with them.
+
+    Returns the out-of-fold class probabilities (one row per slice, with its ``fold``
+    and scan) and per fold the validation and test balanced accuracy and the epochs run,
+    with their mean and standard deviation over the folds.
+    """
+    cv = merge_params(CV_DEFAULTS, cv, where="ct_classification_cv")
+    arguments = (folds, model_params, training, data, evaluation)
+    return call_in_fresh_process(_train_test_folds, *arguments) if cv["fresh_process"] else _train_test_folds(*arguments)
+
+
+def _train_test_folds(
+    folds: pd.DataFrame, model_params: dict[str, Any], training: dict[str, Any], data: dict[str, Any],
+    evaluation: dict[str, Any],
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    tables, metrics = [], {}
+    for fold, rows in folds.groupby("fold", sort=True):
+        test, fold_metrics = _train_test_fold(rows.drop(columns="fold").reset_index(drop=True), model_params,
+                                              training, data, evaluation)
+        tables.append(test.assign(fold=int(fold)))
+        metrics.update({f"fold{int(fold)}_{name}": value for name, value in fold_metrics.items()})
+        logger.info("%s fold %d: validation %.3f, test %.3f balanced accuracy (%d test slices)", model_params["builder"],
+                    fold, fold_metrics["validation_balanced_accuracy"], fold_metrics["test_balanced_accuracy"], len(test))
+    for name in ("validation_balanced_accuracy", "test_balanced_accuracy"):
+        values = [metrics[f"fold{int(fold)}_{name}"] for fold in sorted(folds["fold"].unique())]
+        metrics[f"fold_{name}_mean"] = float(np.mean(values))
+        metrics[f"fold_{name}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+    metrics["n_folds"] = float(len(tables))
+    return pd.concat(tables, ignore_index=True), metrics
+
+
+def _train_test_fold(
+    rows: pd.DataFrame, model_params: dict[str, Any], training: dict[str, Any], data: dict[str, Any],
+    evaluation: dict[str, Any],
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    model, history, _ = train_over_seeds(rows, model_params, training, data, evaluation)
+    test = _rows(rows, data, "test")
+    probabilities = _predict(model, test, data)
+    predictions = test[["image_id", "source", "label", "group_id"]].assign(
+        **{f"p_{name}": probabilities[:, index] for index, name in enumerate(data["classes"])}
+    )
+    return predictions, {
+        "validation_balanced_accuracy": split_balanced_accuracy(model, rows, data, "validation")[0],
+        "test_balanced_accuracy": _balanced_accuracy(predictions, list(data["classes"])),
+        "epochs": float(len(history.get("loss", []))),
+    }
+
+
+def evaluate_out_of_fold(
+    fold_predictions: pd.DataFrame, data: dict[str, Any], evaluation: dict[str, Any]
+) -> tuple[pd.DataFrame, dict[str, float], Figure, Figure, pd.DataFrame]:
+    """The classification evaluation (report with bootstrap CIs over scans, per source,
+    confusion matrix, ROC) of every slice's out-of-fold prediction at once: each from
+    the model of the one fold that tested it."""
+    probabilities = fold_predictions[[f"p_{name}" for name in data["classes"]]].to_numpy()
+    report, metrics, confusion, roc, predictions = evaluate_probabilities(fold_predictions, probabilities, data,
+                                                                          evaluation)
+    metrics["test_n_folds"] = float(fold_predictions["fold"].nunique())
+    return report, metrics, confusion, roc, predictions.assign(fold=fold_predictions["fold"].to_numpy(),
+                                                               group_id=fold_predictions["group_id"].to_numpy())
 
 
 def model_data(data: dict[str, Any], model: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:

@@ -10,6 +10,10 @@ evaluate → Grad-CAM, one training core) with every node guarded to CT slices
 (``ModalityGuarded(..., "ct")``), after a node that sets the model's input size for
 this run (``data.max_image_size``); the basic CNN also writes its
 per-layer activation maps. ``ct_classification_comparison`` puts the models side by side.
+
+``ct_classification_cv`` (:func:`create_cv_pipeline`) evaluates the same models on
+rotated test folds, so that every scan is tested once: with a handful of scans per
+split, one test split cannot show much (see the README).
 """
 
 from __future__ import annotations
@@ -22,14 +26,26 @@ from covid_imaging.pipelines.classification.nodes import ModalityGuarded
 from covid_imaging.pipelines.classification.pipeline import model_template
 from covid_imaging.pipelines.ct_classification.nodes import (
     compare_ct_classifiers,
+    evaluate_out_of_fold,
     layer_activation_maps,
     model_data,
+    select_ct_folds,
     select_ct_images,
+    train_test_folds,
 )
-from covid_imaging.registry import FAMILIES, ModelSpec, RegistryError, load_registry
+from covid_imaging.registry import (
+    CT_CV_NAMESPACE_ROOT,
+    FAMILIES,
+    ModelSpec,
+    RegistryError,
+    load_registry,
+)
 
 FAMILY = "ct_classification"
 NAMESPACE_ROOT = FAMILIES[FAMILY].namespace_root
+# Rotated test folds of the same models (``ct_classification_cv.<name>``, their own MLflow
+# runs), with each model's parameters read from its registry block.
+CV_NAMESPACE_ROOT = CT_CV_NAMESPACE_ROOT
 MODALITY = FAMILIES[FAMILY].modality
 _REGISTRY = load_registry()
 CT_CLASSIFICATION_MODELS: tuple[str, ...] = _REGISTRY.names(FAMILY)
@@ -89,5 +105,53 @@ def create_pipeline(models: Iterable[str] | None = None, **kwargs) -> Pipeline:
             summary_inputs[f"{spec.name}__{key}"] = f"{spec.namespace}.{output}"
     summary = pipeline([
         node(compare_ct_classifiers, summary_inputs, "ct_classification_comparison", name="compare_ct_classifiers"),
+    ])
+    return selection + sum(per_model, Pipeline([])) + summary
+
+
+def ct_cv_model_template() -> Pipeline:
+    """Effective input size → one model per rotated fold → evaluation of the out-of-fold predictions."""
+    return pipeline([
+        node(model_data, ["params:data", "params:model"], ["data", "input_metrics"], name="model_data"),
+        node(ModalityGuarded(train_test_folds, MODALITY, argument="folds"),
+             ["ct_classification_folds", "params:model", "params:training", "data", "params:evaluation",
+              "params:ct_classification_cv"],
+             ["fold_predictions", "fold_metrics"], name="train_test_folds"),
+        node(evaluate_out_of_fold, ["fold_predictions", "data", "params:evaluation"],
+             ["metrics_report", "test_metrics", "confusion_matrix", "roc_curves", "predictions"],
+             name="evaluate_out_of_fold"),
+    ])
+
+
+def create_cv_pipeline(models: Iterable[str] | None = None, **kwargs) -> Pipeline:
+    """Rotated test folds (``ct_classification_cv``): the CT slices under every rotation of
+    the split (each slice, and each scan, tested once), one namespaced pipeline per
+    registered CT model trained on every fold, and the comparison of their out-of-fold
+    predictions (``ct_classification_cv_comparison``). ``models`` as :func:`create_pipeline`.
+    """
+    specs = _specs(models)
+    selection = pipeline([
+        node(select_ct_folds, ["model_input_table", "params:ct_classification_data", "params:splits"],
+             "ct_classification_folds", name="select_ct_folds"),
+    ])
+    per_model = [
+        pipeline(
+            ct_cv_model_template(), namespace=f"{CV_NAMESPACE_ROOT}.{spec.name}",
+            inputs={"ct_classification_folds"},
+            parameters={f"params:{key}": f"params:{spec.namespace}.{key}" for key in
+                        ("data", "model", "training", "evaluation")}
+            | {f"params:{CV_NAMESPACE_ROOT}": f"params:{CV_NAMESPACE_ROOT}"},
+        )
+        for spec in specs
+    ]
+    summary_inputs: dict[str, str] = {"images": "ct_classification_folds"}
+    for spec in specs:
+        namespace = f"{CV_NAMESPACE_ROOT}.{spec.name}"
+        for key, output in (("test", "test_metrics"), ("folds", "fold_metrics"), ("sizes", "input_metrics"),
+                            ("report", "metrics_report")):
+            summary_inputs[f"{spec.name}__{key}"] = f"{namespace}.{output}"
+    summary = pipeline([
+        node(compare_ct_classifiers, summary_inputs, "ct_classification_cv_comparison",
+             name="compare_ct_classifiers_cv"),
     ])
     return selection + sum(per_model, Pipeline([])) + summary

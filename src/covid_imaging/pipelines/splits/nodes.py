@@ -61,7 +61,10 @@ def _stratified_group_bins(labels: pd.Series, groups: pd.Series, n_bins: int, se
 
 
 def split_rows(table: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
-    """Split rows into train/validation/test + CV folds, stratified by ``stratum``, grouped by ``group_id``."""
+    """Split rows into train/validation/test + CV folds, stratified by ``stratum``, grouped by ``group_id``.
+
+    ``params["rotation"]`` (default 0) shifts which bins are the test and validation
+    splits, so that the rotations together test every row once."""
     seed = int(params.get("seed", 42))
     n_bins = int(params.get("n_bins", 10))
     test_bins = _bins_for_fraction(float(params["test_fraction"]), n_bins, "test_fraction")
@@ -70,6 +73,11 @@ def split_rows(table: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
         raise ValueError("splits.test_fraction + splits.validation_fraction must leave data for training")
     table = table.reset_index(drop=True)
     bins = _stratified_group_bins(table["stratum"], table["group_id"], n_bins, seed)
+    # rotation r: the r-th block of test_bins bins is the test split, the next block(s)
+    # validation: r = 0 .. n_bins / test_bins - 1 tests every group once (rotated test folds).
+    rotation = int(params.get("rotation", 0))
+    if rotation:
+        bins = (bins - rotation * test_bins) % n_bins
     split = np.where(bins < test_bins, "test", np.where(bins < test_bins + validation_bins, "validation", "train"))
     result = table.assign(split=split)
 
