@@ -1,7 +1,9 @@
-"""The per-image map: same results in the same order on every backend, bounded, strict params."""
+"""The per-image map: same results in the same order on every backend, bounded, strict
+params; a call in a fresh process."""
 
 from __future__ import annotations
 
+import os
 import time
 from functools import partial
 
@@ -10,6 +12,7 @@ import pytest
 from covid_imaging.compute import (
     ComputeConfig,
     LazyResults,
+    call_in_fresh_process,
     close_dask_clients,
     local_cores,
     ordered_map,
@@ -134,3 +137,11 @@ def test_dask_local_cluster_gives_the_same_results():
 def test_an_unreachable_scheduler_is_named():
     with pytest.raises(ConnectionError, match="tcp://127.0.0.1:9"):
         list(ordered_map(abs, range(3), {"dask": {"scheduler_address": "tcp://127.0.0.1:9", "connect_timeout_s": 1}}))
+
+
+def test_a_call_in_a_fresh_process_returns_its_result_and_raises_its_error():
+    # os.getpid in the child: another process; its value comes back here.
+    assert call_in_fresh_process(os.getpid) != os.getpid()
+    assert call_in_fresh_process(divmod, 7, 2) == (3, 1)
+    with pytest.raises(ValueError, match="invalid literal for int"):
+        call_in_fresh_process(int, "seven")

@@ -87,6 +87,32 @@ def test_one_hook_instance_follows_each_runs_tracking_uri(tmp_path, monkeypatch)
         assert names == {"segmentation", "segmentation.unet"}, project
 
 
+def test_a_cv_models_run_logs_the_registry_block_it_reads(tmp_path, monkeypatch):
+    """ct_classification_cv.<model> reads ct_classification.<model>'s parameters: its run
+    logs them under the same keys as the single-split run, and no other model's."""
+    import mlflow
+
+    from covid_imaging.hooks import ModelRunTrackingHook
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("covid_imaging.hooks.describe_compute_device", lambda: "CPU")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("cv")
+    template = pipeline([node(_identity, "params:model", "b", name="train_test_folds")])
+    cv = pipeline(template, namespace="ct_classification_cv.vgg16",
+                  parameters={"params:model": "params:ct_classification.vgg16.model"})
+    hook = ModelRunTrackingHook()
+    with mlflow.start_run(run_name="ct_classification_cv"):
+        hook.before_pipeline_run(run_params={"pipeline_names": ["ct_classification_cv"]}, pipeline=cv)
+        one = next(iter(cv.nodes))
+        hook.before_node_run(one, {"params:ct_classification.vgg16.model": {"builder": "vgg16"},
+                                   "params:ct_classification.vgg19.model": {"builder": "vgg19"},
+                                   "params:splits": {"seed": 1}})
+        params = mlflow.MlflowClient().get_run(hook._runs["ct_classification_cv.vgg16"]).data.params
+        assert params == {"model.builder": "vgg16"}
+        hook.after_node_run(one, {})
+
+
 PARALLEL = {"runner": "kedro.runner.parallel_runner.ParallelRunner"}
 
 

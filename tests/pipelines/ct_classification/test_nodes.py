@@ -15,12 +15,16 @@ from covid_imaging.pipelines.classification.nodes import ModalityGuarded, evalua
 from covid_imaging.pipelines.ct_classification.nodes import (
     CT_COLUMNS,
     compare_ct_classifiers,
+    evaluate_out_of_fold,
     layer_activation_maps,
     model_data,
+    select_ct_folds,
     select_ct_images,
+    train_test_folds,
 )
 from covid_imaging.pipelines.ct_classification.pipeline import (
     CT_CLASSIFICATION_MODELS,
+    create_cv_pipeline,
     create_pipeline,
 )
 from covid_imaging.pipelines.preprocessing.nodes import preprocess_images
@@ -296,6 +300,16 @@ def test_catalog_resolves_every_ct_dataset():
         assert type(catalog[f"ct_classification.basic_cnn.{output}"]).__name__ == kind
     assert "ct_classification_comparison.csv" in str(catalog["ct_classification_comparison"]._describe()["filepath"])
     assert "06_models/synthetic_demo/ct_classification/vgg16.keras" in str(catalog["ct_classification.vgg16.model"]._describe()["filepath"])
+    cv_expected = {
+        "data": "JSONDataset", "fold_predictions": "AtomicCSVDataset", "predictions": "AtomicCSVDataset",
+        "metrics_report": "AtomicCSVDataset", "test_metrics": "JSONDataset", "fold_metrics": "JSONDataset",
+        "input_metrics": "JSONDataset", "confusion_matrix": "MatplotlibDataset", "roc_curves": "MatplotlibDataset",
+    }
+    for output, kind in cv_expected.items():
+        dataset = catalog[f"ct_classification_cv.basic_cnn.{output}"]
+        assert type(dataset).__name__ == kind, output
+        assert "/ct_classification_cv/basic_cnn/" in str(dataset._describe()["filepath"])
+    assert "ct_classification_folds.csv" in str(catalog["ct_classification_folds"]._describe()["filepath"])
 
 
 def test_grad_cam_with_and_without_lung_masks(tmp_path):
@@ -345,3 +359,81 @@ def test_evaluation_resamples_whole_scans_unless_told_to_resample_slices(tmp_pat
     assert set(by_scan["n_clusters"]) == {4} and set(by_slice["n_clusters"]) == {20}
     with pytest.raises(ValueError, match="bootstrap_unit must be 'group' or 'image', got 'slices'"):
         evaluate_classifier(model, inputs, data, {"n_bootstrap": 20, "bootstrap_unit": "slices"})
+
+
+# ---------------------------------------------------------------- rotated test folds (ct_classification_cv)
+
+CT_SPLITS = {"splits": {"test_fraction": 0.2, "validation_fraction": 0.2, "n_bins": 5, "n_folds": 0}}
+
+
+@pytest.mark.parametrize("protocol", ["grouped", "random_slices"])
+def test_rotated_folds_test_every_slice_once_and_fold_zero_is_the_single_split(protocol):
+    table = model_input_table()
+    params = {**CT_SPLITS, "split_protocol": protocol}
+    folds = select_ct_folds(table, params, SPLITS)
+    assert sorted(folds["fold"].unique()) == [0, 1, 2, 3, 4]
+    test = folds[folds["split"] == "test"]
+    assert sorted(test["image_id"]) == sorted(table.loc[table["task"] == "ct", "image_id"])  # each slice once
+    assert (folds["evaluation"] == "5 rotated test folds").all()
+    single = select_ct_images(table, params, SPLITS)
+    fold_zero = folds[folds["fold"] == 0].drop(columns="fold").reset_index(drop=True)
+    pd.testing.assert_frame_equal(fold_zero.drop(columns="evaluation"), single.drop(columns="evaluation"))
+    for _, rows in folds.groupby("fold"):
+        assert set(rows["split"]) == {"train", "validation", "test"} and len(rows) == 100
+        if protocol == "grouped":  # no scan on two sides of any fold
+            assert (rows.groupby("group_id")["split"].nunique() == 1).all()
+        assert rows.loc[rows["in_training_sample"], "label"].value_counts().nunique() == 1  # balanced training
+
+
+def test_rotated_folds_refuse_cross_source_and_fractions_that_do_not_tile():
+    table = model_input_table()
+    with pytest.raises(ValueError, match="unset train_sources and test_sources"):
+        select_ct_folds(table, {**CT_SPLITS, "train_sources": ["a"], "test_sources": ["b"]}, SPLITS)
+    with pytest.raises(ValueError, match="test_fraction 0.4 of 5 bins"):
+        select_ct_folds(table, {"splits": {"test_fraction": 0.4, "validation_fraction": 0.2, "n_bins": 5}}, SPLITS)
+
+
+def test_out_of_fold_predictions_cover_every_slice_once_with_scan_intervals(tmp_path):
+    """Each fold trains its own model and predicts only its own test slices; the
+    evaluation scores all of them at once and resamples scans."""
+    table = model_input_table(n_scans=10, slices=4)
+    table = table[table["task"] == "ct"].copy()
+    for row in table.itertuples():
+        brightness = 40 if row.label == "covid" else 0  # learnable
+        image = np.clip(chest_like_image((32, 32), seed=row.Index).astype(int) + brightness, 0, 255).astype(np.uint8)
+        table.loc[row.Index, "image_path"] = str(write_png(tmp_path / f"{row.image_id}.png", image))
+    folds = select_ct_folds(table, CT_SPLITS, SPLITS)
+    model = {"builder": "simple_cnn", "strategy": "scratch", "filters": [4, 8], "dense_units": 8}
+    training = {"main": {"epochs": 1, "optimizer": "adam", "learning_rate": 0.001}}
+    data = {"image_size": 32, "batch_size": 8, "seed": 0, "augment": False, "image_variant": "whole",
+            "classes": ["non_covid", "covid"]}
+    evaluation = {"n_bootstrap": 20}
+    predictions, fold_metrics = train_test_folds(folds, model, training, data, evaluation, {"fresh_process": False})
+    assert sorted(predictions["image_id"]) == sorted(table["image_id"])
+    tested_in = folds[folds["split"] == "test"].set_index("image_id")["fold"]
+    assert (predictions.set_index("image_id")["fold"] == tested_in.loc[predictions["image_id"]]).all()
+    assert fold_metrics["n_folds"] == 5 and {f"fold{k}_test_balanced_accuracy" for k in range(5)} <= set(fold_metrics)
+    assert np.isclose(fold_metrics["fold_test_balanced_accuracy_mean"],
+                      np.mean([fold_metrics[f"fold{k}_test_balanced_accuracy"] for k in range(5)]))
+    with pytest.raises(ValueError, match="ct_classification_cv.*isolate"):
+        train_test_folds(folds, model, training, data, evaluation, {"isolate": True})
+
+    report, metrics, _, _, table_out = evaluate_out_of_fold(predictions, data, evaluation)
+    assert set(report["n_clusters"]) == {10}  # 10 scans, not 40 slices
+    assert metrics["test_n_folds"] == 5 and len(table_out) == 40 and {"fold", "group_id"} <= set(table_out.columns)
+
+
+def test_cv_pipeline_reads_each_models_registry_block_and_the_hook_tracks_it():
+    from covid_imaging.hooks import TRACKED_NAMESPACE_ROOTS, model_namespace
+    from covid_imaging.pipeline_registry import register_pipelines
+
+    pipe = create_cv_pipeline()
+    assert {n.namespace for n in pipe.nodes if n.namespace} == {f"ct_classification_cv.{m}" for m in CT_CLASSIFICATION_MODELS}
+    train = next(n for n in pipe.nodes if n.name == "ct_classification_cv.vgg16.train_test_folds")
+    assert {"params:ct_classification.vgg16.model", "params:ct_classification.vgg16.training",
+            "params:ct_classification.vgg16.evaluation", "params:ct_classification_cv",
+            "ct_classification_folds"} <= set(train.inputs)
+    assert isinstance(train.func, ModalityGuarded) and train.func.modality == "ct"
+    assert "ct_classification_cv_comparison" in pipe.all_outputs()
+    assert "ct_classification_cv" in TRACKED_NAMESPACE_ROOTS and model_namespace(train) == "ct_classification_cv.vgg16"
+    assert set(pipe.nodes) <= set(register_pipelines()["ct_classification_cv"].nodes)

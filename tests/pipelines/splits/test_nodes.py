@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from covid_imaging.pipelines.splits.nodes import make_splits, undersample_training_split
+from covid_imaging.pipelines.splits.nodes import make_splits, split_rows, undersample_training_split
 
 PARAMS = {"test_fraction": 0.1, "validation_fraction": 0.2, "n_bins": 10, "n_folds": 5, "seed": 7}
 
@@ -92,3 +92,21 @@ def test_undersampling_balances_training_only_and_is_seeded():
 def test_impossible_fractions_are_refused():
     with pytest.raises(ValueError, match="leave data for training"):
         make_splits(synthetic_manifest(), {**PARAMS, "test_fraction": 0.5, "validation_fraction": 0.5})
+
+
+def test_rotations_test_every_group_once_and_rotation_zero_is_the_split():
+    """Rotation r makes the r-th block of bins the test split and the next one validation:
+    over n_bins / test bins rotations every row is tested exactly once, and a group stays
+    whole in each rotation."""
+    manifest = synthetic_manifest(n_patients=120)
+    table = manifest.assign(stratum=manifest["task"] + "/" + manifest["label"])
+    params = {"test_fraction": 0.2, "validation_fraction": 0.2, "n_bins": 5, "seed": 3}
+    rotations = [split_rows(table, {**params, "rotation": r}) for r in range(5)]
+    pd.testing.assert_frame_equal(rotations[0], split_rows(table, params))
+    tested = pd.concat([rotated.loc[rotated["split"] == "test", "image_id"] for rotated in rotations])
+    assert sorted(tested) == sorted(table["image_id"])  # each row once
+    for current, following in zip(rotations, rotations[1:], strict=False):
+        # this rotation's validation is the next rotation's test
+        assert set(current.loc[current["split"] == "validation", "image_id"]) == set(
+            following.loc[following["split"] == "test", "image_id"])
+        assert (current.groupby("group_id")["split"].nunique() == 1).all()
