@@ -100,3 +100,35 @@ def test_random_slice_protocol_runs_the_same_models(kedro_project, three_model_p
     comparison = pd.read_csv(kedro_project / "data/08_reporting/synthetic_demo/ct_classification_comparison.csv")
     assert list(comparison["model"]) == list(RUN_MODELS)
     assert (comparison["split_protocol"] == "random_slices").all()
+
+
+def test_rotated_folds_pipeline_tests_every_demo_slice_once(kedro_project, monkeypatch):
+    """`kedro run --pipeline=ct_classification_cv`: each model's five folds trained in a
+    fresh process, every slice's out-of-fold prediction, scan CIs and the comparison."""
+    registered = pipeline_registry.register_pipelines()
+    subset = registered["data_preparation"] + ct_classification.create_cv_pipeline(models=["basic_cnn"])
+    monkeypatch.setattr(pipeline_registry, "register_pipelines", lambda: {**registered, "ct_classification_cv": subset})
+    from kedro.framework.project import pipelines
+
+    monkeypatch.setattr(pipelines, "_content", {})
+    monkeypatch.setattr(pipelines, "_is_data_loaded", False)
+    run_kedro(kedro_project, "ct_classification_cv", params=TINY)
+
+    folds = pd.read_csv(kedro_project / "data/05_model_input/synthetic_demo/ct_classification_folds.csv")
+    predictions = pd.read_csv(
+        kedro_project / "data/07_model_output/synthetic_demo/ct_classification_cv/basic_cnn/test_predictions.csv")
+    assert sorted(predictions["image_id"]) == sorted(folds["image_id"].unique())  # every slice, once
+    assert set(predictions["fold"]) == {0, 1, 2, 3, 4}
+    comparison = pd.read_csv(kedro_project / "data/08_reporting/synthetic_demo/ct_classification_cv_comparison.csv")
+    assert list(comparison["model"]) == ["basic_cnn"]
+    assert (comparison["evaluation"] == "5 rotated test folds").all()
+    assert comparison["n_test"].iloc[0] == len(predictions)
+    assert comparison["n_test_scans"].iloc[0] == folds["group_id"].nunique()
+    assert {"test_balanced_accuracy_ci_low", "fold_test_balanced_accuracy_mean", "fold0_validation_balanced_accuracy"
+            } <= set(comparison.columns)
+
+    mlflow.set_tracking_uri(f"sqlite:///{kedro_project / 'mlflow.db'}")
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    cv_run = next(run for run in runs if run.info.run_name == "ct_classification_cv.basic_cnn")
+    assert {"test_balanced_accuracy", "fold_test_balanced_accuracy_mean"} <= set(cv_run.data.metrics)
+    assert cv_run.data.params["model.builder"] == "basic_cnn"
