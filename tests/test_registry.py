@@ -138,9 +138,9 @@ def test_segmentation_model_list_is_the_registry_segmentation_family():
     assert tuple(SEGMENTATION_MODELS) == REGISTRY.names("segmentation")
 
 
-def test_hook_tracks_every_family_namespace_root_and_the_cross_source_runs():
+def test_hook_tracks_every_family_namespace_root_and_the_cross_source_and_ct_fold_runs():
     assert set(TRACKED_NAMESPACE_ROOTS) == {family.namespace_root for family in FAMILIES.values()} | {
-        "segmentation_cross_source"
+        "segmentation_cross_source", "ct_classification_cv"
     }
     template = pipeline([node(lambda x: x, "a", "b", name="train")])
     for spec in REGISTRY:
