@@ -81,32 +81,35 @@ def ct_model_template(spec: ModelSpec) -> Pipeline:
     return pipeline(nodes)
 
 
+def _study(
+    select, selected: str, per_model: dict[str, Pipeline], outputs: dict[str, str], comparison: str,
+    comparison_node: str,
+) -> Pipeline:
+    """Selection node (``select`` → ``selected``) + the namespaced per-model pipelines
+    (``{namespace: pipeline}``) + the comparison of their ``outputs`` (``{key: output}``)."""
+    selection = node(select, ["model_input_table", "params:ct_classification_data", "params:splits"], selected,
+                     name=select.__name__)
+    summary_inputs: dict[str, str] = {"images": selected}
+    for namespace in per_model:
+        for key, output in outputs.items():
+            summary_inputs[f"{namespace.rsplit('.', 1)[-1]}__{key}"] = f"{namespace}.{output}"
+    summary = node(compare_ct_classifiers, summary_inputs, comparison, name=comparison_node)
+    return pipeline([selection]) + sum(per_model.values(), Pipeline([])) + pipeline([summary])
+
+
 def create_pipeline(models: Iterable[str] | None = None, **kwargs) -> Pipeline:
     """CT slice selection + one namespaced pipeline per registered CT model + comparison.
 
     ``models`` selects registered models by name (default: all of them).
     """
-    specs = _specs(models)
-    selection = pipeline([
-        node(select_ct_images, ["model_input_table", "params:ct_classification_data", "params:splits"],
-             "ct_classification_inputs", name="select_ct_images"),
-    ])
-    per_model = [
-        pipeline(
-            ct_model_template(spec), namespace=spec.namespace,
-            inputs={"classification_inputs": "ct_classification_inputs"},
-        )
-        for spec in specs
-    ]
-    summary_inputs: dict[str, str] = {"images": "ct_classification_inputs"}
-    for spec in specs:
-        for key, output in (("test", "test_metrics"), ("gradcam", "gradcam_metrics"), ("sizes", "input_metrics"),
-                            ("report", "metrics_report")):
-            summary_inputs[f"{spec.name}__{key}"] = f"{spec.namespace}.{output}"
-    summary = pipeline([
-        node(compare_ct_classifiers, summary_inputs, "ct_classification_comparison", name="compare_ct_classifiers"),
-    ])
-    return selection + sum(per_model, Pipeline([])) + summary
+    per_model = {
+        spec.namespace: pipeline(ct_model_template(spec), namespace=spec.namespace,
+                                 inputs={"classification_inputs": "ct_classification_inputs"})
+        for spec in _specs(models)
+    }
+    outputs = {"test": "test_metrics", "gradcam": "gradcam_metrics", "sizes": "input_metrics", "report": "metrics_report"}
+    return _study(select_ct_images, "ct_classification_inputs", per_model, outputs, "ct_classification_comparison",
+                  "compare_ct_classifiers")
 
 
 def ct_cv_model_template() -> Pipeline:
@@ -129,29 +132,17 @@ def create_cv_pipeline(models: Iterable[str] | None = None, **kwargs) -> Pipelin
     registered CT model trained on every fold, and the comparison of their out-of-fold
     predictions (``ct_classification_cv_comparison``). ``models`` as :func:`create_pipeline`.
     """
-    specs = _specs(models)
-    selection = pipeline([
-        node(select_ct_folds, ["model_input_table", "params:ct_classification_data", "params:splits"],
-             "ct_classification_folds", name="select_ct_folds"),
-    ])
-    per_model = [
-        pipeline(
+    per_model = {
+        f"{CV_NAMESPACE_ROOT}.{spec.name}": pipeline(
             ct_cv_model_template(), namespace=f"{CV_NAMESPACE_ROOT}.{spec.name}",
             inputs={"ct_classification_folds"},
+            # the model's own parameter blocks, as the single-split pipeline reads them
             parameters={f"params:{key}": f"params:{spec.namespace}.{key}" for key in
                         ("data", "model", "training", "evaluation")}
             | {f"params:{CV_NAMESPACE_ROOT}": f"params:{CV_NAMESPACE_ROOT}"},
         )
-        for spec in specs
-    ]
-    summary_inputs: dict[str, str] = {"images": "ct_classification_folds"}
-    for spec in specs:
-        namespace = f"{CV_NAMESPACE_ROOT}.{spec.name}"
-        for key, output in (("test", "test_metrics"), ("folds", "fold_metrics"), ("sizes", "input_metrics"),
-                            ("report", "metrics_report")):
-            summary_inputs[f"{spec.name}__{key}"] = f"{namespace}.{output}"
-    summary = pipeline([
-        node(compare_ct_classifiers, summary_inputs, "ct_classification_cv_comparison",
-             name="compare_ct_classifiers_cv"),
-    ])
-    return selection + sum(per_model, Pipeline([])) + summary
+        for spec in _specs(models)
+    }
+    outputs = {"test": "test_metrics", "folds": "fold_metrics", "sizes": "input_metrics", "report": "metrics_report"}
+    return _study(select_ct_folds, "ct_classification_folds", per_model, outputs, "ct_classification_cv_comparison",
+                  "compare_ct_classifiers_cv")
