@@ -111,6 +111,16 @@ def test_classification_pipeline_wires_transfer_audit_and_lung_model_from_the_re
     assert "params:classification.simple_cnn_scratch.data" in audit.inputs
     assert nodes["audit_shortcuts_simple_cnn_mixed"].outputs == ["shortcut_audit_simple_cnn_mixed"]
     assert f"segmentation.{REGISTRY.lung_segmentation_model}.model" in nodes["mask_lungs"].inputs
+    # model.compare_with: model_2 against model_1, ResNet50 and HRNet against the four-class CNN
+    pairs = {(spec.name, baseline.name) for spec, baseline in REGISTRY.paired_comparisons("cxr_classification")}
+    assert pairs == {("simple_cnn_transfer", "simple_cnn_scratch"), ("resnet50", "simple_cnn_four_class"),
+                     ("hrnet", "simple_cnn_four_class")}
+    paired = nodes["compare_paired_simple_cnn_transfer"]
+    assert paired.inputs[:4] == [
+        "classification.simple_cnn_transfer.predictions", "classification.simple_cnn_scratch.predictions",
+        "classification.simple_cnn_transfer.seed_predictions", "classification.simple_cnn_scratch.seed_predictions",
+    ]
+    assert paired.outputs == ["paired_comparison_simple_cnn_transfer"]
 
 
 def test_every_per_model_classification_node_is_guarded_by_its_modality():
@@ -158,6 +168,9 @@ def test_catalog_patterns_cover_every_cxr_classifier_output():
     for spec in REGISTRY.models("cxr_classification"):
         for name in (n for n in outputs if n.startswith(f"{spec.namespace}.")):
             assert name in catalog or resolver.match_dataset_pattern(name), name
+    for spec, _ in REGISTRY.paired_comparisons("cxr_classification"):  # a report each, not kept in memory
+        assert f"paired_comparison_{spec.name}" in outputs
+        assert resolver.match_dataset_pattern(f"paired_comparison_{spec.name}")
 
 
 # ------------------------------------------------------------------- validation
@@ -190,6 +203,8 @@ def _block(builder="simple_cnn", classes=("x", "y"), **model):
         ({"classification": {"b": _block(transfer_from="a")}}, "go together"),
         ({"classification": {"b": _block(audit_of="a")}}, "lungless"),
         ({"classification": {"b": _block(audit_of="a", image_variant="lungless", classes=("x", "z"))}}, "classes"),
+        ({"classification": {"b": _block(compare_with="zzz")}}, "compare_with = 'zzz' is not another model"),
+        ({"classification": {"b": _block(compare_with="a", classes=("x", "z"))}}, "is compared with a and must have"),
         ({"classification": {"b": _block(classes=("x",))}}, "distinct"),
         ({"classification": {"b": {"model": {"strategy": "scratch"}, "data": {"image_size": 32}}}}, "builder"),
         ({"classification": {"b": {"model": {"builder": "x"}, "data": {"classes": ["x", "y"]}}}}, "image_size"),

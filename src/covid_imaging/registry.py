@@ -28,7 +28,9 @@ Identity keys read from a block (everything else in it is a hyperparameter):
 * classifiers: ``data.classes`` (required), ``data.image_variant`` (default ``auto``),
   ``model.transfer_from`` (the model whose weights it starts from; implies
   ``model.strategy: transfer``), ``model.audit_of`` (this model is the lung-less
-  shortcut audit of that model).
+  shortcut audit of that model), ``model.compare_with`` (a model of the same classes
+  that this one is compared with on the same test images: the pipeline reports the
+  paired difference with its CI, e.g. model_2 against model_1).
 
 Modality is separate from purpose: manifest rows carry a ``task`` that historically
 names either (``cxr``/``ct`` in the demo set, ``segmentation``/``classification`` in
@@ -111,6 +113,7 @@ class ModelSpec:
     image_variant: str | None = None
     transfer_from: str | None = None
     audit_of: str | None = None
+    compare_with: str | None = None
 
     @property
     def namespace(self) -> str:
@@ -256,7 +259,10 @@ def _spec(family: Family, name: str, block: Any) -> ModelSpec:
         _identity(audit_of, f"{where}.model.audit_of", str)
         if variant != "lungless":
             raise RegistryError(f"{where}: a shortcut-audit model (audit_of) trains on image_variant 'lungless'")
-    return ModelSpec(family.name, name, builder, input_size, classes, variant, transfer_from, audit_of)
+    compare_with = model.get("compare_with")
+    if compare_with is not None:
+        _identity(compare_with, f"{where}.model.compare_with", str)
+    return ModelSpec(family.name, name, builder, input_size, classes, variant, transfer_from, audit_of, compare_with)
 
 
 class Registry:
@@ -271,7 +277,8 @@ class Registry:
                 raise RegistryError(f"Model {spec.namespace} is declared twice")
             self._specs[(spec.family, spec.name)] = spec
         for spec in self._specs.values():
-            for field, target in (("transfer_from", spec.transfer_from), ("audit_of", spec.audit_of)):
+            for field, target in (("transfer_from", spec.transfer_from), ("audit_of", spec.audit_of),
+                                  ("compare_with", spec.compare_with)):
                 if target is None:
                     continue
                 other = self._specs.get((spec.family, target))
@@ -279,8 +286,9 @@ class Registry:
                     raise RegistryError(
                         f"{spec.namespace}.model.{field} = {target!r} is not another model of family {spec.family}"
                     )
-                if field == "audit_of" and other.classes != spec.classes:
-                    raise RegistryError(f"{spec.namespace} audits {target} and must have its classes {other.classes}")
+                if field in ("audit_of", "compare_with") and other.classes != spec.classes:
+                    verb = "audits" if field == "audit_of" else "is compared with"
+                    raise RegistryError(f"{spec.namespace} {verb} {target} and must have its classes {other.classes}")
         segmentation = self.names("segmentation")
         if lung_segmentation_model is not None and lung_segmentation_model not in segmentation:
             raise RegistryError(
@@ -313,6 +321,10 @@ class Registry:
     def by_namespace(self, namespace: str) -> ModelSpec | None:
         """The model whose namespace is ``namespace`` (``classification.resnet50``), if any."""
         return next((spec for spec in self if spec.namespace == namespace), None)
+
+    def paired_comparisons(self, family: str) -> tuple[tuple[ModelSpec, ModelSpec], ...]:
+        """(model, the model it is compared with) pairs of a family (``model.compare_with``)."""
+        return tuple((spec, self.get(family, spec.compare_with)) for spec in self.models(family) if spec.compare_with)
 
     def shortcut_audits(self, family: str) -> tuple[tuple[ModelSpec, ModelSpec], ...]:
         """(audited model, its lung-less audit model) pairs of a family."""

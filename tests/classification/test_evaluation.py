@@ -20,6 +20,7 @@ from covid_imaging.classification.evaluation import (
     classification_report_table,
     confusion_matrix,
     macro_metrics_from_table,
+    paired_metric_difference,
     percentile_interval,
     plot_confusion_matrix,
     plot_roc_curves,
@@ -223,3 +224,31 @@ def test_report_table_counts_clusters_per_scope_and_rejects_misaligned_clusters(
     assert set(unclustered["n_clusters"]) == {y_true.size}
     with pytest.raises(ValueError, match="clusters must have shape"):
         classification_report_table(y_true, y_prob, CLASSES, n_bootstrap=30, clusters=patients[:-1])
+
+
+def test_paired_difference_is_narrower_than_the_two_unpaired_intervals_and_exact_for_a_copy():
+    """Two models that fail on the same hard images: the paired interval of their
+    difference resamples the difference itself, so it is far narrower than the spread of
+    two independent intervals; a model against itself differs by exactly 0."""
+    y_true, y_prob = _noisy_predictions(200)
+    better = y_prob.copy()
+    fixed = np.flatnonzero(y_prob.argmax(axis=1) != y_true)[:4]  # the same model, 4 errors fixed
+    better[fixed] = np.eye(3)[y_true[fixed]]
+    clusters = np.repeat([f"p{k:03d}" for k in range(100)], 2)
+
+    paired = paired_metric_difference(y_true, better, y_prob, 3, n_bootstrap=300, seed=1, clusters=clusters)
+    point = balanced_accuracy_score(y_true, better.argmax(1)) - balanced_accuracy_score(y_true, y_prob.argmax(1))
+    assert paired["difference"] == pytest.approx(point) and point > 0
+    assert 0 < paired["ci_low"] <= paired["difference"] <= paired["ci_high"]  # fixing errors only helps
+    assert paired["share_of_resamples_ahead"] > 0.95
+    # unpaired: each model scored on its own resamples
+    unpaired = (bootstrap_metric_samples(y_true, better, 3, n_bootstrap=300, seed=1, clusters=clusters)
+                ["macro:balanced_accuracy"]
+                - bootstrap_metric_samples(y_true, y_prob, 3, n_bootstrap=300, seed=2, clusters=clusters)
+                ["macro:balanced_accuracy"])
+    low, high = percentile_interval(unpaired)
+    # unpaired, the gain is lost in each model's luck with the test set; paired, it shows
+    assert low < 0 < paired["ci_low"] and paired["ci_high"] - paired["ci_low"] < 0.5 * (high - low)
+
+    same = paired_metric_difference(y_true, y_prob, y_prob, 3, n_bootstrap=50, seed=1)
+    assert (same["difference"], same["ci_low"], same["ci_high"], same["share_of_resamples_ahead"]) == (0, 0, 0, 0.5)

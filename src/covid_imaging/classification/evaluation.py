@@ -207,6 +207,34 @@ def bootstrap_metric_samples(
     return {key: np.concatenate([chunk[key] for chunk in chunks]) for key in chunks[0]}
 
 
+def paired_metric_difference(
+    y_true: Sequence[int] | np.ndarray,
+    y_prob: np.ndarray,
+    y_prob_baseline: np.ndarray,
+    n_classes: int,
+    metric: str = f"{MACRO}:balanced_accuracy",
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    clusters: Sequence[str] | np.ndarray | None = None,
+) -> dict[str, float]:
+    """``metric`` of ``y_prob`` minus that of ``y_prob_baseline`` on the same samples, with
+    a paired bootstrap 95 % interval: both are scored on the same resamples (the resample
+    indices depend only on ``seed``, the sample count and ``clusters``, not on the
+    probabilities), so what varies between resamples is the difference itself, not each
+    model's luck with the test set. Also the share of resamples in which the model is
+    ahead (ties count half)."""
+    y_true = np.asarray(y_true, dtype=int)
+    model, baseline = (bootstrap_metric_samples(y_true, probabilities, n_classes, n_bootstrap, seed, clusters=clusters)
+                       [metric] for probabilities in (y_prob, y_prob_baseline))
+    point = (_metric_samples(y_true[None], np.asarray(y_prob, float)[None], n_classes)[metric][0]
+             - _metric_samples(y_true[None], np.asarray(y_prob_baseline, float)[None], n_classes)[metric][0])
+    difference = model - baseline
+    low, high = percentile_interval(difference)
+    finite = difference[np.isfinite(difference)]
+    ahead = float(np.mean((finite > 0) + 0.5 * (finite == 0))) if finite.size else float("nan")
+    return {"difference": float(point), "ci_low": low, "ci_high": high, "share_of_resamples_ahead": ahead}
+
+
 def _cluster_ids(clusters: Sequence[str] | np.ndarray, y_true: np.ndarray) -> np.ndarray:
     cluster_ids = np.asarray(clusters).astype(str)
     if cluster_ids.shape != y_true.shape:

@@ -12,6 +12,7 @@ from covid_imaging.imaging.io import decode_gray, encode_png
 from covid_imaging.pipelines.classification.nodes import (
     _train_over_seeds,
     audit_shortcuts,
+    compare_paired,
     mask_lungs,
     summarise_seeds,
 )
@@ -134,3 +135,45 @@ def test_the_model_is_the_seed_best_on_validation_and_every_seed_is_reported(tmp
     assert summarise_seeds(predictions, data, {"n_seeds": 3, "select_seed": "first"})["selected_seed"] == 42
     with pytest.raises(ValueError, match="select_seed must be 'validation' or 'first', got 'test'"):
         _train_over_seeds(train_once, inputs, data, {"n_seeds": 3, "select_seed": "test"})
+
+
+def _test_predictions(correct: list[bool], classes: list[str]) -> pd.DataFrame:
+    """One test image per entry, two per patient; the prediction right or wrong as told."""
+    labels = [classes[i % len(classes)] for i in range(len(correct))]
+    predicted = [label if ok else classes[(classes.index(label) + 1) % len(classes)]
+                 for label, ok in zip(labels, correct, strict=True)]
+    return pd.DataFrame({"image_id": [f"i{i}" for i in range(len(correct))], "source": "s", "label": labels,
+                         "predicted": predicted,
+                         **{f"p_{name}": [0.9 if p == name else 0.05 for p in predicted] for name in classes}})
+
+
+def _seed_rows(predictions: pd.DataFrame, seed: int) -> pd.DataFrame:
+    return predictions.drop(columns=["source", "predicted"]).assign(split="test", seed=seed)
+
+
+def test_paired_comparison_reports_the_difference_its_interval_and_each_seed():
+    classes = ["normal", "bacterial", "covid"]
+    n = 60
+    model = _test_predictions([True] * n, classes)  # right on every image
+    baseline = _test_predictions([i % 4 != 0 for i in range(n)], classes)  # wrong on every fourth
+    inputs = pd.DataFrame({"image_id": model["image_id"], "group_id": [f"p{i // 2}" for i in range(n)]})
+    data, evaluation = {"classes": classes, "seed": 0}, {"n_bootstrap": 200}
+    seeds_model = pd.concat([_seed_rows(model, 42), _seed_rows(baseline, 43)])  # ahead, then level
+    seeds_baseline = pd.concat([_seed_rows(baseline, 42), _seed_rows(baseline, 43), _seed_rows(model, 44)])
+
+    result = compare_paired(model, baseline, seeds_model, seeds_baseline, inputs, data, evaluation,
+                            model="m2", baseline="m1")
+    assert result["difference"] == pytest.approx(0.25) and result["n_test"] == n and result["n_clusters"] == n // 2
+    assert 0 < result["ci_low"] < 0.25 < result["ci_high"] < 0.45
+    assert result["verdict"].startswith("m2 is above m1: +0.250 [")
+    assert (result["difference_seed42"], result["difference_seed43"]) == (pytest.approx(0.25), 0.0)
+    assert "difference_seed44" not in result and result["seeds_model_ahead"] == 1  # seed 44: baseline only
+
+    reversed_ = compare_paired(baseline, model, seeds_baseline, seeds_model, inputs, data, evaluation,
+                               model="m1", baseline="m2")
+    assert reversed_["verdict"].startswith("m1 is below m2")
+    level = compare_paired(model, model, seeds_model, seeds_model, inputs, data, evaluation, model="a", baseline="b")
+    assert level["verdict"].startswith("undecided") and level["difference"] == 0
+    with pytest.raises(ValueError, match="not tested on the same images"):
+        compare_paired(model, baseline.iloc[:-1], seeds_model, seeds_baseline, inputs, data, evaluation,
+                       model="m2", baseline="m1")

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from covid_imaging.classification.evaluation import (
     classification_report_table,
     macro_metrics_from_table,
+    paired_metric_difference,
     plot_confusion_matrix,
     plot_roc_curves,
 )
@@ -56,7 +57,7 @@ logger = logging.getLogger(__name__)
 
 Loaders = dict[str, Callable[[], bytes]]
 IMAGE_VARIANTS = {"lungs": "lungs_path", "whole": "image_path", "lungless": "lungless_path"}
-NON_BUILDER_MODEL_KEYS = ("builder", "strategy", "unfreeze_last_n", "transfer_from", "audit_of")
+NON_BUILDER_MODEL_KEYS = ("builder", "strategy", "unfreeze_last_n", "transfer_from", "audit_of", "compare_with")
 # Every key of a model's evaluation block (checked: a typo fails with its name).
 EVALUATION_DEFAULTS: dict[str, Any] = {
     "n_bootstrap": 500,  # bootstrap resamples for the 95% CIs
@@ -612,6 +613,54 @@ def audit_shortcuts(
     level = logging.WARNING if summary.get("lungless_above_chance") or not summary.get("meaningful", True) else logging.INFO
     logger.log(level, "Shortcut audit: %s", summary["verdict"])
     return summary
+
+
+def compare_paired(
+    predictions: pd.DataFrame, baseline_predictions: pd.DataFrame, seed_predictions: pd.DataFrame,
+    baseline_seed_predictions: pd.DataFrame, inputs: pd.DataFrame, data: dict[str, Any], evaluation: dict[str, Any],
+    model: str, baseline: str,
+) -> dict[str, Any]:
+    """A model against the model it is compared with (registry ``model.compare_with``) on
+    the same test images: the difference in test balanced accuracy with a paired
+    bootstrap 95 % CI (patients resampled with ``evaluation.bootstrap_unit: group``), the
+    share of resamples in which the model is ahead, each common seed's difference (the
+    k-th seed of one against the same seed of the other) and a verdict that says which
+    side of 0 the interval lies on, if either."""
+    evaluation = _checked_evaluation(evaluation)
+    classes = list(data["classes"])
+    merged = predictions.merge(baseline_predictions, on="image_id", suffixes=("", "_baseline"), validate="one_to_one")
+    if not len(merged) == len(predictions) == len(baseline_predictions):
+        raise ValueError(f"{model} and {baseline} were not tested on the same images "
+                         f"({len(predictions)} and {len(baseline_predictions)}, {len(merged)} in common)")
+    groups = inputs.drop_duplicates("image_id").set_index("image_id")["group_id"]
+    clusters = merged["image_id"].map(groups).to_numpy() if evaluation["bootstrap_unit"] == "group" else None
+    columns = [f"p_{name}" for name in classes]
+    result: dict[str, Any] = {"model": model, "baseline": baseline, "metric": "test_balanced_accuracy",
+                              "n_test": len(merged),
+                              "n_clusters": int(pd.Series(clusters).nunique()) if clusters is not None else len(merged)}
+    result |= paired_metric_difference(
+        merged["label"].map(classes.index).to_numpy(), merged[columns].to_numpy(),
+        merged[[f"{column}_baseline" for column in columns]].to_numpy(), len(classes),
+        n_bootstrap=int(evaluation["n_bootstrap"]), seed=int(data["seed"]), clusters=clusters,
+    )
+    scores = {name: {int(seed): _balanced_accuracy(rows, classes)
+                     for seed, rows in table[table["split"] == "test"].groupby("seed")}
+              for name, table in (("model", seed_predictions), ("baseline", baseline_seed_predictions))}
+    common = sorted(set(scores["model"]) & set(scores["baseline"]))
+    differences = [scores["model"][seed] - scores["baseline"][seed] for seed in common]
+    result |= {f"difference_seed{seed}": value for seed, value in zip(common, differences, strict=True)}
+    if differences:
+        result["seed_difference_mean"] = float(np.mean(differences))
+        result["seeds_model_ahead"] = int(sum(value > 0 for value in differences))
+    interval = f"{result['difference']:+.3f} [{result['ci_low']:+.3f}, {result['ci_high']:+.3f}]"
+    if result["ci_low"] > 0:
+        result["verdict"] = f"{model} is above {baseline}: {interval}"
+    elif result["ci_high"] < 0:
+        result["verdict"] = f"{model} is below {baseline}: {interval}"
+    else:
+        result["verdict"] = f"undecided: the 95 % interval of {model} - {baseline}, {interval}, includes 0"
+    logger.info("Paired comparison: %s", result["verdict"])
+    return result
 
 
 def compare_classifiers(**metrics: dict[str, float]) -> pd.DataFrame:

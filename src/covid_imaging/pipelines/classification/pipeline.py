@@ -21,6 +21,7 @@ Every per-model node refuses images that are not chest X-rays (``ModalityGuarded
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import partial, update_wrapper
 
 from kedro.pipeline import Pipeline, node, pipeline
 
@@ -29,6 +30,7 @@ from covid_imaging.pipelines.classification.nodes import (
     audit_shortcuts,
     build_classification_inputs,
     compare_classifiers,
+    compare_paired,
     evaluate_classifier,
     explain_with_gradcam,
     explain_with_gradcam_unmasked,
@@ -165,6 +167,15 @@ def create_pipeline(
         summary_inputs[f"{spec.name}__gradcam"] = f"{spec.namespace}.gradcam_metrics"
         summary_inputs[f"{spec.name}__seeds"] = f"{spec.namespace}.seed_metrics"
     summary_nodes = [node(compare_classifiers, summary_inputs, "classification_comparison", name="compare_classifiers")]
+    for spec, baseline in _REGISTRY.paired_comparisons(FAMILY):
+        if {spec.name, baseline.name} <= selected:
+            summary_nodes.append(
+                node(update_wrapper(partial(compare_paired, model=spec.name, baseline=baseline.name), compare_paired),
+                     [f"{spec.namespace}.predictions", f"{baseline.namespace}.predictions",
+                      f"{spec.namespace}.seed_predictions", f"{baseline.namespace}.seed_predictions",
+                      "classification_inputs", f"params:{spec.namespace}.data", f"params:{spec.namespace}.evaluation"],
+                     f"paired_comparison_{spec.name}", name=f"compare_paired_{spec.name}")
+            )
     audits = [(audited, audit) for audited, audit in _REGISTRY.shortcut_audits(FAMILY)
               if {audited.name, audit.name} <= selected]
     for index, (audited, audit) in enumerate(audits):
