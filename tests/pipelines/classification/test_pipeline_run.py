@@ -44,6 +44,11 @@ def test_classification_pipeline_on_tiny_demo_set(kedro_project):
     assert seeds["n_seeds"] == 2 and len([k for k in seeds if k.startswith("test_balanced_accuracy_seed4")]) == 2
     audit = json.loads((reports / "shortcut_audit.json").read_text())
     assert "verdict" in audit and 0 <= audit["chance_level"] <= 1
+    paired = json.loads((reports / "paired_comparison_simple_cnn_transfer.json").read_text())
+    balanced = dict(zip(comparison["model"], comparison["test_balanced_accuracy"], strict=True))
+    assert (paired["model"], paired["baseline"]) == ("simple_cnn_transfer", "simple_cnn_scratch")
+    assert paired["difference"] == pytest.approx(balanced["simple_cnn_transfer"] - balanced["simple_cnn_scratch"])
+    assert paired["ci_low"] <= paired["difference"] <= paired["ci_high"]
 
     report = pd.read_csv(reports / "classification/resnet50/metrics_report.csv")
     assert {"overall", "synthetic_demo"} <= set(report["scope"])
