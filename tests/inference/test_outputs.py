@@ -27,3 +27,19 @@ def test_external_metrics_resample_patients_by_the_ingestion_file_name_rules():
     overall = table[table["scope"] == "overall"]
     assert set(overall["n"]) == {8} and set(overall["n_clusters"]) == {5}
     assert set(table["model"]) == {model.namespace}
+
+
+def test_external_metrics_resample_the_ingestion_groups_where_the_rows_carry_them():
+    """A configured patient_metadata file decides the groups at ingestion: four films
+    with unrelated names from two patients are two units, not four."""
+    classes = ("normal", "covid")
+    model = SimpleNamespace(namespace="classification.m", version="v1", spec=SimpleNamespace(classes=classes))
+    rows = [{"image_key": f"scan_{k}.png", "source": "hospital", "label": classes[k % 2], "group_id": f"hospital:p{k // 2}"}
+            for k in range(4)]
+    results = [ImageResult(row=row, probabilities={model.namespace: np.array([0.4, 0.6])}) for row in rows]
+    table = external_classification_table(results, SimpleNamespace(classifiers=[model]), 20, 0.95, 0)
+    assert set(table.loc[table["scope"] == "overall", "n_clusters"]) == {2}
+    for row in rows:  # without groups (not from ingestion): the file-name rules, one image each here
+        del row["group_id"]
+    table = external_classification_table(results, SimpleNamespace(classifiers=[model]), 20, 0.95, 0)
+    assert set(table.loc[table["scope"] == "overall", "n_clusters"]) == {4}

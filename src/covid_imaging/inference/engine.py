@@ -396,6 +396,7 @@ class InferenceEngine:
         return {
             "image_id": row["image_id"], "image_key": row["image_key"], "source": row.get("source", ""),
             "task": row.get("task", ""), "modality": row["modality"], "label": row.get("label", ""),
+            "group_id": row.get("group_id", ""),  # patient / scan (ingestion): the external metrics resample it
             "width": int(gray.shape[1]), "height": int(gray.shape[0]),
         }
 

@@ -14,7 +14,8 @@ from covid_imaging.pipelines.ingestion.groups import assign_group_ids
 from covid_imaging.segmentation.metrics import summarise_segmentation_metrics
 
 LEADING_COLUMNS = [
-    "image_id", "image_key", "source", "task", "modality", "label", "width", "height", "segmentation_model",
+    "image_id", "image_key", "source", "task", "modality", "label", "group_id", "width", "height",
+    "segmentation_model",
     "lung_area_fraction", "lung_area_px", "right_lung_area_px", "left_lung_area_px", "n_components",
     "mean_lung_probability", "qc_flags", "qc_no_lung", "qc_one_lung", "qc_implausible_area",
     "qc_many_components", "qc_low_confidence", "dice_native", "iou_native", "mask_file", "overlay_file",
@@ -59,8 +60,9 @@ def external_classification_table(
     """The classification metrics (bootstrap CIs, overall and per source) of every classifier
     on the images whose label is one of its classes; None when no image has such a label.
 
-    The bootstrap resamples patients, grouped by the ingestion's file-name rules (several
-    images of one patient or slices of one scan are one unit), as in the pipelines."""
+    The bootstrap resamples patients (several images of one patient or slices of one scan
+    are one unit), as in the pipelines: the ingestion's ``group_id`` of each image (its
+    ``patient_metadata`` file where one is configured, else the file-name rules)."""
     tables = []
     for model in models.classifiers:
         classes = list(model.spec.classes)
@@ -70,17 +72,26 @@ def external_classification_table(
         y_true = np.array([classes.index(str(r.row["label"])) for r in scored])
         y_prob = np.stack([r.probabilities[model.namespace] for r in scored])
         sources = [str(r.row.get("source", "")) for r in scored]
-        patients = assign_group_ids(pd.DataFrame({"image_key": [str(r.row["image_key"]) for r in scored],
-                                                  "source": sources}))
         table = classification_report_table(
             y_true, y_prob, classes, groups=sources, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed,
-            clusters=patients.to_numpy(),
+            clusters=_patient_groups(scored, sources),
         )
         tables.append(table.assign(model=model.namespace, model_version=model.version))
     if not tables:
         return None
     combined = pd.concat(tables, ignore_index=True)
     return combined[["model", "model_version", *[c for c in combined.columns if c not in ("model", "model_version")]]]
+
+
+def _patient_groups(results: Sequence[ImageResult], sources: list[str]) -> np.ndarray:
+    """Each image's ingestion group; images without one (rows not built by ingestion) are
+    grouped by the ingestion's file-name rules."""
+    given = [str(r.row.get("group_id") or "") for r in results]
+    if all(given):
+        return np.array(given)
+    derived = assign_group_ids(pd.DataFrame({"image_key": [str(r.row["image_key"]) for r in results],
+                                             "source": sources}))
+    return np.array([group or fallback for group, fallback in zip(given, derived, strict=True)])
 
 
 def class_counts(predictions: pd.DataFrame, models: InferenceModels) -> dict[str, dict[str, int]]:
