@@ -423,6 +423,38 @@ def test_out_of_fold_predictions_cover_every_slice_once_with_scan_intervals(tmp_
     assert metrics["test_n_folds"] == 5 and len(table_out) == 40 and {"fold", "group_id"} <= set(table_out.columns)
 
 
+def test_each_fold_reports_the_seed_that_validation_kept(monkeypatch):
+    """A fold's test predictions and metrics are those of the seed chosen on validation
+    (taken from the seeds' own predictions, not from a second pass)."""
+    from covid_imaging.pipelines.ct_classification import nodes as ct_nodes
+
+    folds = select_ct_folds(model_input_table(n_scans=10, slices=2), CT_SPLITS, SPLITS)
+    classes = ["non_covid", "covid"]
+
+    def fake_train_over_seeds(rows, model_params, training, data, evaluation):
+        tables = []
+        for seed, right_on in ((42, {"validation": False, "test": True}), (43, {"validation": True, "test": False})):
+            for split in ("validation", "test"):
+                part = rows[rows["split"] == split]
+                truth = (part["label"] == "covid").to_numpy(dtype=float)
+                p_covid = truth if right_on[split] else 1.0 - truth  # seed 42: wrong on validation, right on test
+                tables.append(part[["image_id", "label"]].assign(split=split, seed=seed, p_non_covid=1.0 - p_covid,
+                                                                   p_covid=p_covid))
+        return None, {"loss": [1.0, 0.5]}, pd.concat(tables, ignore_index=True)
+
+    monkeypatch.setattr(ct_nodes, "train_over_seeds", fake_train_over_seeds)
+    data = {"image_size": 32, "batch_size": 8, "seed": 42, "image_variant": "whole", "classes": classes}
+    predictions, metrics = train_test_folds(folds, {"builder": "simple_cnn"}, {}, data, {"n_bootstrap": 20},
+                                            {"fresh_process": False})
+    # seed 43 is kept (validation 1.0 against 0.0): its test predictions are all wrong
+    assert metrics["fold0_validation_balanced_accuracy"] == 1.0 and metrics["fold0_test_balanced_accuracy"] == 0.0
+    assert metrics["fold0_epochs"] == 2.0
+    tested = folds[folds["split"] == "test"]
+    assert sorted(predictions["image_id"]) == sorted(tested["image_id"])
+    assert ((predictions["p_covid"] > 0.5) != (predictions["label"] == "covid")).all()
+    assert predictions[["source", "group_id"]].notna().all().all()
+
+
 def test_cv_pipeline_reads_each_models_registry_block_and_the_hook_tracks_it():
     from covid_imaging.hooks import TRACKED_NAMESPACE_ROOTS, model_namespace
     from covid_imaging.pipeline_registry import register_pipelines

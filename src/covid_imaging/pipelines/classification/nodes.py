@@ -568,21 +568,32 @@ def transfer_over_seeds(
     )
 
 
+def seed_scores(seed_predictions: pd.DataFrame, classes: list[str]) -> dict[tuple[str, int], float]:
+    """Balanced accuracy of every (split, seed) in a ``seed_predictions`` table."""
+    return {(split, int(seed)): _balanced_accuracy(group, classes)
+            for (split, seed), group in seed_predictions.groupby(["split", "seed"], sort=True)}
+
+
+def selected_seed(scores: dict[tuple[str, int], float], select_seed: str) -> int:
+    """The seed :func:`_train_over_seeds` keeps: the first with the highest validation
+    balanced accuracy (``validation``) or the first seed (``first``)."""
+    seeds = sorted({seed for _, seed in scores})
+    if select_seed == "first":
+        return seeds[0]
+    return seeds[int(np.argmax([scores["validation", seed] for seed in seeds]))]
+
+
 def summarise_seeds(seed_predictions: pd.DataFrame, data: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, float]:
     """Test balanced accuracy over the seeds: mean, (sample) standard deviation, each seed's
     value (``..._seed<k>``), each seed's validation balanced accuracy and the selected seed."""
     evaluation = _checked_evaluation(evaluation)
-    scores = {
-        (split, int(seed)): _balanced_accuracy(group, list(data["classes"]))
-        for (split, seed), group in seed_predictions.groupby(["split", "seed"], sort=True)
-    }
+    scores = seed_scores(seed_predictions, list(data["classes"]))
     seeds = sorted({seed for _, seed in scores})
     test = [scores["test", seed] for seed in seeds]
     validation = [scores["validation", seed] for seed in seeds]
-    best = int(np.argmax(validation)) if evaluation["select_seed"] == "validation" else 0
     result = {
         "n_seeds": float(len(seeds)),
-        "selected_seed": float(seeds[best]),
+        "selected_seed": float(selected_seed(scores, evaluation["select_seed"])),
         "test_balanced_accuracy_seed_mean": float(np.mean(test)),
         "test_balanced_accuracy_seed_std": float(np.std(test, ddof=1)) if len(seeds) > 1 else float("nan"),
     }
@@ -643,8 +654,7 @@ def compare_paired(
         merged[[f"{column}_baseline" for column in columns]].to_numpy(), len(classes),
         n_bootstrap=int(evaluation["n_bootstrap"]), seed=int(data["seed"]), clusters=clusters,
     )
-    scores = {name: {int(seed): _balanced_accuracy(rows, classes)
-                     for seed, rows in table[table["split"] == "test"].groupby("seed")}
+    scores = {name: {seed: value for (split, seed), value in seed_scores(table, classes).items() if split == "test"}
               for name, table in (("model", seed_predictions), ("baseline", baseline_seed_predictions))}
     common = sorted(set(scores["model"]) & set(scores["baseline"]))
     differences = [scores["model"][seed] - scores["baseline"][seed] for seed in common]

@@ -22,13 +22,13 @@ from covid_imaging.classification.models import KERAS_APPLICATIONS
 from covid_imaging.compute import call_in_fresh_process
 from covid_imaging.params import merge_params
 from covid_imaging.pipelines.classification.nodes import (
-    _balanced_accuracy,
+    _checked_evaluation,
     _image_paths,
-    _predict,
     _rows,
     compare_classifiers,
     evaluate_probabilities,
-    split_balanced_accuracy,
+    seed_scores,
+    selected_seed,
     train_over_seeds,
 )
 from covid_imaging.pipelines.splits.nodes import split_rows, undersample_training_split
@@ -218,15 +218,18 @@ def _train_test_fold(
     rows: pd.DataFrame, model_params: dict[str, Any], training: dict[str, Any], data: dict[str, Any],
     evaluation: dict[str, Any],
 ) -> tuple[pd.DataFrame, dict[str, float]]:
-    model, history, _ = train_over_seeds(rows, model_params, training, data, evaluation)
-    test = _rows(rows, data, "test")
-    probabilities = _predict(model, test, data)
-    predictions = test[["image_id", "source", "label", "group_id"]].assign(
-        **{f"p_{name}": probabilities[:, index] for index, name in enumerate(data["classes"])}
-    )
+    _, history, seed_predictions = train_over_seeds(rows, model_params, training, data, evaluation)
+    # The kept seed's test probabilities were computed while training: no second pass.
+    classes = list(data["classes"])
+    scores = seed_scores(seed_predictions, classes)
+    seed = selected_seed(scores, _checked_evaluation(evaluation)["select_seed"])
+    probabilities = seed_predictions[(seed_predictions["split"] == "test") & (seed_predictions["seed"] == seed)]
+    test = _rows(rows, data, "test")[["image_id", "source", "label", "group_id"]]
+    predictions = test.merge(probabilities[["image_id"] + [f"p_{name}" for name in classes]], on="image_id",
+                             how="left", validate="one_to_one")
     return predictions, {
-        "validation_balanced_accuracy": split_balanced_accuracy(model, rows, data, "validation")[0],
-        "test_balanced_accuracy": _balanced_accuracy(predictions, list(data["classes"])),
+        "validation_balanced_accuracy": scores["validation", seed],
+        "test_balanced_accuracy": scores["test", seed],
         "epochs": float(len(history.get("loss", []))),
     }
 
