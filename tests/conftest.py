@@ -119,11 +119,12 @@ def nested_params(dotted: dict) -> dict:
 
 
 def run_kedro(
-    project: Path, pipeline: str, env: str | None = None, params: dict | None = None, runner=None
+    project: Path, pipeline: str, env: str | None = None, params: dict | None = None, runner=None,
+    namespaces: list[str] | None = None,
 ) -> dict:
-    """Run a pipeline in a fresh session, like `kedro run --pipeline=... --env=... --params=...`
-    (``runner``: a Kedro runner instance, e.g. ``ParallelRunner()``)."""
+    """Run a pipeline in a fresh session, like `kedro run --pipeline=... --env=... --params=...
+    [--namespaces=...]` (``runner``: a Kedro runner instance, e.g. ``ParallelRunner()``)."""
     from kedro.framework.session import KedroSession
 
     with KedroSession.create(project_path=project, env=env, runtime_params=nested_params(params or {})) as session:
-        return session.run(pipeline_names=[pipeline], runner=runner)
+        return session.run(pipeline_names=[pipeline], runner=runner, namespaces=namespaces)

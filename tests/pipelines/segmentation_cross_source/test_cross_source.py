@@ -10,8 +10,11 @@ import pytest
 
 from covid_imaging.pipelines.segmentation.pipeline import SEGMENTATION_MODELS
 from covid_imaging.pipelines.segmentation_cross_source.nodes import (
+    CROSS_SOURCE_DEFAULTS,
+    cross_folds,
     fold_tables,
     held_out_sources,
+    site_folds,
     summarise_cross_source,
     training_seeds,
 )
@@ -49,6 +52,50 @@ def test_seeds_default_to_the_model_seed_and_must_be_distinct_integers():
     for bad in ([], [1, 1], [1.5], "42", [True]):
         with pytest.raises(ValueError, match="segmentation_cross_source.seeds"):
             training_seeds(bad, 42)
+
+
+def _sited_images() -> pd.DataFrame:
+    """Source ``v7`` from 6 sites (patient p5 filmed at two of them), source ``nlm`` from one."""
+    rows = []
+    for i in range(18):
+        site, patient = f"site{i % 6}", f"p{i % 9}"
+        rows.append({"image_id": f"v{i}", "source": "v7", "site": site, "group_id": f"v7:{patient}",
+                     "split": ("train", "validation", "test")[i % 3]})
+    for i in range(6):
+        rows.append({"image_id": f"n{i}", "source": "nlm", "site": "nlm", "group_id": f"nlm:{i}",
+                     "split": ("train", "validation", "test")[i % 3]})
+    return pd.DataFrame(rows)
+
+
+def test_site_folds_test_every_image_once_and_never_train_on_a_tested_site_or_patient():
+    images = _sited_images()
+    folds = site_folds(images, ["v7"], n_folds=3, minimum=5)
+    assert [fold.name for fold in folds] == ["v7 sites 1/3", "v7 sites 2/3", "v7 sites 3/3"]
+    tested = pd.concat([fold.test for fold in folds])
+    assert sorted(tested["image_id"]) == sorted(images.loc[images["source"] == "v7", "image_id"])  # each once
+    for fold in folds:
+        trained_sites = set(fold.train.loc[fold.train["source"] == "v7", "site"])
+        assert trained_sites and not trained_sites & set(fold.test["site"])
+        assert not set(fold.train["group_id"]) & set(fold.test["group_id"])  # p5 is on one side only
+        assert set(fold.train["split"]) <= {"train", "validation"}
+        assert "nlm" in set(fold.train["source"]) and set(fold.test["source"]) == {"v7"}
+    # a patient filmed at two sites: its films at a kept site leave training when it is tested
+    p3 = images[images["group_id"] == "v7:p3"]
+    assert p3["site"].nunique() == 2
+
+
+def test_site_folds_name_what_is_missing():
+    images = _sited_images()
+    with pytest.raises(ValueError, match="source 'nlm' has 6 images from 1 sites; 3 folds need at least 3 sites"):
+        site_folds(images, ["nlm"], n_folds=3, minimum=5)
+    with pytest.raises(ValueError, match="site_column"):
+        site_folds(images.drop(columns="site"), None, n_folds=3, minimum=5)
+    assert {fold.held_out_source for fold in site_folds(images, None, n_folds=3, minimum=5)} == {"v7"}
+    settings = {**CROSS_SOURCE_DEFAULTS, "min_images_per_source": 5, "hold_out": ["source", "site"],
+                "site_folds": {"sources": ["v7"], "n_folds": 3}}
+    assert [fold.hold_out for fold in cross_folds(images, settings)] == ["source", "source", "site", "site", "site"]
+    with pytest.raises(ValueError, match="hold_out must be a non-empty list of"):
+        cross_folds(images, {**settings, "hold_out": ["hospital"]})
 
 
 def _scores(variant: str, held_out: str, seed: int, dice: list[float]) -> pd.DataFrame:
@@ -104,7 +151,7 @@ def test_cross_source_pipeline_on_a_slice_of_shared_data(kedro_project, shared_d
 
     reports = kedro_project / "data/08_reporting/raw"  # named after the raw folder
     table = pd.read_csv(reports / "segmentation_cross_source.csv")
-    assert set(table["variant"]) == set(CROSS_SOURCE_VARIANTS)
+    assert set(table["variant"]) == set(CROSS_SOURCE_VARIANTS) and set(table["hold_out"]) == {"source"}
     assert set(table["held_out_source"]) == {"shenzhen", "ieee8023_v7"}
     for row in table.itertuples():
         assert row.held_out_source not in row.train_sources.split("+")
@@ -134,3 +181,21 @@ def test_cross_source_pipeline_on_a_slice_of_shared_data(kedro_project, shared_d
     for variant in CROSS_SOURCE_VARIANTS:
         run = names[f"segmentation_cross_source.{variant}"]
         assert "cross_dice_native_post_shenzhen" in run.data.metrics
+
+    # Site folds of one recipe on the same data: 3 folds of the V7 images grouped by
+    # hospital (the ieee8023 metadata's `location`, 7 sites among these 12 images)
+    params |= {"segmentation_cross_source.seeds": None, "segmentation_cross_source.hold_out": ["site"],
+               "segmentation_cross_source.site_folds": {"sources": ["ieee8023_v7"], "n_folds": 3}}
+    run_kedro(kedro_project, "segmentation_cross_source", env="shared_data", params=params,
+              namespaces=["segmentation_cross_source.robust"])
+    sites = pd.read_csv(reports / "cross_source" / "robust_per_image.csv")
+    assert set(sites["hold_out"]) == {"site"} and set(sites["held_out_source"]) == {"ieee8023_v7"}
+    assert sorted(sites["image_id"]) == sorted(images.loc[images["held_out_source"] == "ieee8023_v7", "image_id"].unique())
+    assert sites["fold"].nunique() == 3 and sites["site"].nunique() == 7
+    assert sites.groupby("site")["fold"].nunique().max() == 1  # a hospital is held out by one fold only
+    assert set(sites["train_sources"]) == {"ieee8023_v7+shenzhen"}  # the other hospitals of V7 train too
+    summary = summarise_cross_source(robust=sites)
+    assert summary[["hold_out", "n_images", "n_folds", "n_sites"]].values.tolist() == [["site", 12, 3, 7]]
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list", order_by=["start_time DESC"])
+    latest = next(run for run in runs if run.info.run_name == "segmentation_cross_source.robust")
+    assert "cross_site_dice_native_post_ieee8023_v7" in latest.data.metrics

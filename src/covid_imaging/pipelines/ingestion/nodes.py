@@ -68,6 +68,7 @@ MANIFEST_COLUMNS = [
     "task",
     "source",
     "group_id",
+    "site",
     "width",
     "height",
     "channels",
@@ -89,7 +90,9 @@ DEFAULT_INGESTION_PARAMS: dict[str, Any] = {
     "layout": "multi",
     "parts": [],
     "manifest_file": "manifest.csv",
-    "patient_metadata": {"file": "", "path_column": "path", "patient_column": "patientid"},
+    # site_column: the metadata column naming where an image was acquired (hospital, city);
+    # the manifest's ``site`` (cross-site evaluation), the image's source where unknown.
+    "patient_metadata": {"file": "", "path_column": "path", "patient_column": "patientid", "site_column": None},
     "tasks_requiring_masks": ["segmentation"],
     "mask_aspect_tolerance": 0.02,
     "strict": False,
@@ -440,12 +443,13 @@ def _near_duplicate_labels(candidates: pd.DataFrame) -> list[ListingProblem]:
     return problems
 
 
-def _patient_ids(raw_files: RawFiles, params: dict[str, Any]) -> dict[str, str]:
-    """Image key → patient id from an optional metadata CSV among the raw files."""
+def _patient_metadata(raw_files: RawFiles, params: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
+    """Image key → patient id, and image key → acquisition site (``site_column``; only
+    non-empty values), from an optional metadata CSV among the raw files."""
     metadata = params["patient_metadata"]
     metadata_file = metadata.get("file")
     if not metadata_file:
-        return {}
+        return {}, {}
     where = f"{params['raw_location'].rstrip('/')}/{metadata_file}"
     if metadata_file not in raw_files:  # a configured file that is not there would silently change the groups
         raise IngestionError(
@@ -456,11 +460,15 @@ def _patient_ids(raw_files: RawFiles, params: dict[str, Any]) -> dict[str, str]:
         table = pd.read_csv(io.BytesIO(raw_files[metadata_file]()), dtype=str, keep_default_na=False)
     except Exception as error:  # an unreadable metadata file names itself and stops the run
         raise IngestionError(f"{where}: cannot be read as CSV ({error})") from None
-    columns = [metadata["path_column"], metadata["patient_column"]]
+    columns = [metadata["path_column"], metadata["patient_column"]] + ([metadata["site_column"]] if metadata.get("site_column") else [])
     missing = [column for column in columns if column not in table.columns]
     if missing:
         raise IngestionError(f"{where}: missing column(s) {missing} (ingestion.patient_metadata)")
-    return dict(zip(table[columns[0]], table[columns[1]], strict=True))
+    patients = dict(zip(table[columns[0]], table[columns[1]], strict=True))
+    if len(columns) == 2:
+        return patients, {}
+    sites = {path: site.strip() for path, site in zip(table[columns[0]], table[columns[2]], strict=True) if site.strip()}
+    return patients, sites
 
 
 def _assign_image_ids(keys: pd.Series) -> pd.Series:
@@ -534,7 +542,10 @@ def build_manifest(
 
     accepted, first_key_by_hash = [], {}
     if not candidates.empty:
-        candidates["group_id"] = assign_group_ids(candidates, _patient_ids(usable, params))
+        patients, sites = _patient_metadata(usable, params)
+        candidates["group_id"] = assign_group_ids(candidates, patients)
+        # Where the metadata names no site, the image's collection stands for it.
+        candidates["site"] = candidates["image_key"].map(sites).fillna(candidates["source"]).astype(str)
         config = ComputeConfig.from_params(compute) if compute is not None else None
         for checked in _checked_in_order(candidates.to_dict("records"), usable, params, config):
             row = checked.row

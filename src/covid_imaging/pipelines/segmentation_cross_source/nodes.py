@@ -1,8 +1,12 @@
-"""Leave-one-source-out folds: train on every mask source but S, test on all of S.
+"""Leave-one-source-out folds: train on every mask source but S, test on all of S; and
+leave-sites-out folds within a source whose images come from many hospitals.
 
 As in the cross-dataset tables of lung segmentation papers, this measures what the
 in-domain test split cannot: how a model trained in some hospitals does in another,
-with its own scanner, framing, patients and disease. Each *variant* is a training
+with its own scanner, framing, patients and disease. A source fold also crosses mask
+conventions when each source has its own; a site fold (``hold_out: [site]``) keeps the
+held-out source's convention in training and holds out whole acquisition sites (the
+manifest's ``site``, from ``ingestion.patient_metadata.site_column``). Each *variant* is a training
 recipe (preprocessing and augmentation overrides on top of the main segmentation
 settings), so recipes are compared on the same folds; choices of the main job are made
 on this table and on the stress test, never on a test split.
@@ -12,9 +16,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+from sklearn.model_selection import GroupKFold
 
 from covid_imaging.pipelines.preprocessing.nodes import preprocess_images
 from covid_imaging.pipelines.segmentation.nodes import STRESS_TEST_DEFAULTS, train_segmentation
@@ -38,7 +44,14 @@ CROSS_SOURCE_DEFAULTS: dict[str, Any] = {
     # One model per fold and seed; null: the model's own data.seed only. Several seeds
     # show how much of a difference between recipes is the training's own spread.
     "seeds": None,
+    # Which folds: source (leave one source out) and/or site (within a source, hold out
+    # whole acquisition sites: the other sites and the other sources train the model).
+    "hold_out": ["source"],
+    # Site folds: the sources split by site (null: every source with at least
+    # min_images_per_source images and n_folds sites), in n_folds folds grouped by site.
+    "site_folds": {"sources": None, "n_folds": 5},
 }
+HOLD_OUT_KINDS = ("source", "site")
 
 
 FREE_FORM_KEYS = ("variants", "training")  # checked against the blocks they override
@@ -99,8 +112,76 @@ def fold_tables(images: pd.DataFrame, held_out: str) -> tuple[pd.DataFrame, pd.D
     return others.reset_index(drop=True), images[images["source"] == held_out].reset_index(drop=True)
 
 
+@dataclass(frozen=True)
+class Fold:
+    """One held-out set and the images that train its model."""
+
+    hold_out: str  # "source": every image of the source; "site": every image of some of its sites
+    held_out_source: str
+    name: str  # the source, or "<source> sites <k>/<n>"
+    train: pd.DataFrame
+    test: pd.DataFrame
+
+
+def source_folds(images: pd.DataFrame, minimum: int) -> list[Fold]:
+    """One fold per source with at least ``minimum`` images (:func:`fold_tables`)."""
+    sources = held_out_sources(images, minimum)
+    if len(sources) < 2:
+        raise ValueError(
+            f"Cross-source evaluation needs at least two mask sources with >= {minimum} images; "
+            f"found {images['source'].value_counts().to_dict()}."
+        )
+    return [Fold("source", source, source, *fold_tables(images, source)) for source in sources]
+
+
+def site_folds(images: pd.DataFrame, sources: list[str] | None, n_folds: int, minimum: int) -> list[Fold]:
+    """``n_folds`` folds per source, grouped by ``site``: each tests every image of its sites
+    (any split) with a model trained on the train/validation splits of the other sources
+    and of the source's other sites. A patient is never on both sides (a film whose
+    patient is tested is left out of training), and every image is tested once."""
+    if "site" not in images:
+        raise ValueError("segmentation_cross_source.hold_out: site needs the manifest's `site` column; set "
+                         "ingestion.patient_metadata.site_column and run the ingestion again")
+    if sources is None:
+        counts = images.groupby("source")["site"].agg(["size", "nunique"])
+        sources = sorted(str(source) for source, row in counts.iterrows()
+                         if row["size"] >= minimum and row["nunique"] >= n_folds)
+        if not sources:
+            raise ValueError(f"No source has >= {minimum} images from >= {n_folds} sites "
+                             f"(sites per source: {counts['nunique'].to_dict()}); site folds need one")
+    development = images[images["split"].isin(["train", "validation"])]
+    folds = []
+    for source in sources:
+        rows = images[images["source"] == source].reset_index(drop=True)
+        n_sites = rows["site"].nunique()
+        if rows.empty or n_sites < n_folds:
+            raise ValueError(f"segmentation_cross_source.site_folds: source {source!r} has {len(rows)} images from "
+                             f"{n_sites} sites; {n_folds} folds need at least {n_folds} sites")
+        for k, (_, test_index) in enumerate(GroupKFold(n_splits=n_folds).split(rows, groups=rows["site"])):
+            test = rows.iloc[test_index].reset_index(drop=True)
+            held_out = (development["source"] == source) & development["site"].isin(set(test["site"]))
+            train = development[~held_out & ~development["group_id"].isin(set(test["group_id"]))]
+            folds.append(Fold("site", source, f"{source} sites {k + 1}/{n_folds}", train.reset_index(drop=True), test))
+    return folds
+
+
+def cross_folds(images: pd.DataFrame, settings: dict[str, Any]) -> list[Fold]:
+    """The folds ``settings["hold_out"]`` asks for, source folds first."""
+    kinds = settings["hold_out"]
+    if not isinstance(kinds, list | tuple) or not kinds or set(kinds) - set(HOLD_OUT_KINDS):
+        raise ValueError(f"segmentation_cross_source.hold_out must be a non-empty list of {list(HOLD_OUT_KINDS)}; "
+                         f"got {kinds!r}")
+    minimum = int(settings["min_images_per_source"])
+    folds = source_folds(images, minimum) if "source" in kinds else []
+    if "site" in kinds:
+        site = settings["site_folds"]
+        folds += site_folds(images, site["sources"], int(site["n_folds"]), minimum)
+    return folds
+
+
 def run_cross_source_folds(
     segmentation_images: pd.DataFrame,
+    manifest: pd.DataFrame,
     variant_images: Loaders,
     raw_files: Loaders,
     segmentation_params: dict[str, Any],
@@ -108,16 +189,20 @@ def run_cross_source_folds(
     params: dict[str, Any],
     variant: str,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Train one model per held-out source on the variant's images; score it on that source.
+    """Train one model per fold (:func:`cross_folds`) on the variant's images; score it on
+    the fold's held-out images.
 
-    Returns one row per held-out image (native and model-size Dice/IoU, and the Dice
-    with each synthetic opacity of the stress test) and MLflow metrics per fold.
+    Returns one row per held-out image and seed (native and model-size Dice/IoU, and the
+    Dice with each synthetic opacity of the stress test) and MLflow metrics per held-out
+    source (``cross_...``) and per source split by site (``cross_site_...``).
     """
     settings = _settings(params)
     recipe = _variant(params, variant)
     preprocessing = variant_preprocessing(preprocessing_params, params, variant)
     root = preprocessing["output_root"]
     images = segmentation_images.copy()
+    if "site" in manifest:
+        images["site"] = images["image_id"].map(manifest.set_index("image_id")["site"])
     images["image_path"] = [f"{root}/images/{image_id}.png" for image_id in images["image_id"]]
     images["mask_path"] = [f"{root}/masks/{image_id}.png" for image_id in images["image_id"]]
     missing = [image_id for image_id in images["image_id"] if f"images/{image_id}" not in variant_images]
@@ -133,19 +218,12 @@ def run_cross_source_folds(
     training = {**model_params["training"], **settings["training"]}
     stress = merge_params(STRESS_TEST_DEFAULTS, settings["stress_test"], where="segmentation_cross_source.stress_test")
     seeds = training_seeds(settings["seeds"], int(data["seed"]))
-    sources = held_out_sources(images, int(settings["min_images_per_source"]))
-    if len(sources) < 2:
-        raise ValueError(
-            f"Cross-source evaluation needs at least two mask sources with >= {settings['min_images_per_source']} "
-            f"images; found {images['source'].value_counts().to_dict()}."
-        )
-    tables, metrics = [], {}
-    for held_out in sources:
-        train_rows, test_rows = fold_tables(images, held_out)
-        fold = []
+    tables = []
+    for fold in cross_folds(images, settings):
+        train_rows, test_rows = fold.train, fold.test
         for seed in seeds:
             logger.info(
-                "Cross-source %s: hold out %s (%d images), train on %s, seed %d", variant, held_out, len(test_rows),
+                "Cross-source %s: hold out %s (%d images), train on %s, seed %d", variant, fold.name, len(test_rows),
                 train_rows["source"].value_counts().to_dict(), seed,
             )
             seeded = {**data, "seed": seed}
@@ -158,22 +236,28 @@ def run_cross_source_folds(
                 )
                 per_image[f"dice_post_{kind}"] = stressed["dice_post"].to_numpy()
             per_image.insert(0, "seed", seed)
-            per_image.insert(0, "held_out_source", held_out)
+            per_image.insert(0, "fold", fold.name)
+            per_image.insert(0, "held_out_source", fold.held_out_source)
+            per_image.insert(0, "hold_out", fold.hold_out)
             per_image.insert(0, "variant", variant)
+            if "site" in test_rows:
+                per_image["site"] = per_image["image_id"].map(test_rows.set_index("image_id")["site"])
             per_image["train_sources"] = "+".join(sorted(train_rows["source"].unique()))
             per_image["input_size"] = int(data["image_size"])
-            fold.append(per_image)
-        fold_table = pd.concat(fold, ignore_index=True)
-        tables.append(fold_table)
-        seed_means = fold_table.groupby("seed")["dice_native_post"].mean()
-        metrics[f"cross_dice_native_post_{held_out}"] = float(seed_means.mean())
-        metrics[f"cross_dice_native_post_min_{held_out}"] = float(fold_table["dice_native_post"].min())
+            tables.append(per_image)
+    table = pd.concat(tables, ignore_index=True)
+    metrics = {}
+    for (hold_out, held_out), frame in table.groupby(["hold_out", "held_out_source"], sort=True):
+        prefix = "cross" if hold_out == "source" else "cross_site"
+        seed_means = frame.groupby("seed")["dice_native_post"].mean()
+        metrics[f"{prefix}_dice_native_post_{held_out}"] = float(seed_means.mean())
+        metrics[f"{prefix}_dice_native_post_min_{held_out}"] = float(frame["dice_native_post"].min())
         if len(seeds) > 1:
-            metrics[f"cross_dice_native_post_seed_std_{held_out}"] = float(seed_means.std())
+            metrics[f"{prefix}_dice_native_post_seed_std_{held_out}"] = float(seed_means.std())
         for kind in stress["kinds"]:
-            metrics[f"cross_dice_post_{kind}_{held_out}"] = float(fold_table[f"dice_post_{kind}"].mean())
+            metrics[f"{prefix}_dice_post_{kind}_{held_out}"] = float(frame[f"dice_post_{kind}"].mean())
     logger.info("Cross-source %s: %s", variant, {key: round(value, 3) for key, value in metrics.items()})
-    return pd.concat(tables, ignore_index=True), metrics
+    return table, metrics
 
 
 def training_seeds(seeds: Any, model_seed: int) -> list[int]:
@@ -193,17 +277,23 @@ def summarise_cross_source(**per_image_tables: pd.DataFrame) -> pd.DataFrame:
     every seed), and ``dice_native_seed_std`` is the spread of the seeds' mean Dice.
     """
     per_image = pd.concat(per_image_tables.values(), ignore_index=True)
+    if "hold_out" not in per_image:  # tables written before site folds: source folds only
+        per_image = per_image.assign(hold_out="source", fold=per_image["held_out_source"])
     stress_columns = sorted(column for column in per_image.columns if column.startswith("dice_post_") and column != "dice_post_min")
     rows = []
-    for (variant, held_out), frame in per_image.groupby(["variant", "held_out_source"], sort=False):
+    for (variant, hold_out, held_out), frame in per_image.groupby(["variant", "hold_out", "held_out_source"], sort=False):
         by_seed = frame.groupby("seed")
         seed_means = by_seed["dice_native_post"].mean()
         rows.append(
             {
                 "variant": variant,
+                "hold_out": hold_out,
                 "held_out_source": held_out,
                 "mask_convention": ",".join(sorted(frame["mask_convention"].unique())),
-                "train_sources": frame["train_sources"].iloc[0],
+                # a site fold also trains on the held-out source's other sites
+                "train_sources": "+".join(sorted(set("+".join(frame["train_sources"].unique()).split("+")))),
+                "n_folds": frame["fold"].nunique(),
+                "n_sites": frame["site"].nunique() if "site" in frame else float("nan"),
                 "input_size": int(frame["input_size"].iloc[0]),
                 "n_images": int(by_seed.size().iloc[0]),
                 "n_seeds": len(seed_means),

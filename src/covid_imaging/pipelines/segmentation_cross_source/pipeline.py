@@ -1,4 +1,5 @@
-"""``kedro run --pipeline=segmentation_cross_source``: leave-one-source-out, per training recipe.
+"""``kedro run --pipeline=segmentation_cross_source``: leave-one-source-out (and, with
+``hold_out: [site]``, leave-sites-out within a source), per training recipe.
 
 One namespaced copy of the template per recipe (``segmentation_cross_source.<variant>``,
 its own MLflow run): preprocess the masked images as the recipe says, then one fold per
@@ -43,7 +44,7 @@ def variant_template(variant: str) -> Pipeline:
             node(
                 _bound(run_cross_source_folds, variant),
                 [
-                    "segmentation_images", "preprocessed_images", "raw_images@files",
+                    "segmentation_images", "manifest", "preprocessed_images", "raw_images@files",
                     "params:segmentation", "params:preprocessing", "params:segmentation_cross_source",
                 ],
                 ["per_image", "cross_source_metrics"],
