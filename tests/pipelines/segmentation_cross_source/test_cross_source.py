@@ -84,6 +84,19 @@ def test_site_folds_test_every_image_once_and_never_train_on_a_tested_site_or_pa
     assert p3["site"].nunique() == 2
 
 
+def test_site_folds_can_leave_the_test_split_untested_and_still_out_of_training():
+    images = _sited_images()
+    folds = site_folds(images, ["v7"], n_folds=3, minimum=5, tested_splits=("train", "validation"))
+    tested = pd.concat([fold.test for fold in folds])
+    development = images[(images["source"] == "v7") & (images["split"] != "test")]
+    assert sorted(tested["image_id"]) == sorted(development["image_id"])  # each once, no test-split image
+    everything = site_folds(images, ["v7"], n_folds=3, minimum=5)
+    for fold, full in zip(folds, everything, strict=True):
+        pd.testing.assert_frame_equal(fold.train, full.train)  # the same models either way
+    with pytest.raises(ValueError, match="tested_splits must be a non-empty list"):
+        site_folds(images, ["v7"], n_folds=3, minimum=5, tested_splits=("holdout",))
+
+
 def test_site_folds_name_what_is_missing():
     images = _sited_images()
     with pytest.raises(ValueError, match="source 'nlm' has 6 images from 1 sites; 3 folds need at least 3 sites"):
@@ -92,7 +105,7 @@ def test_site_folds_name_what_is_missing():
         site_folds(images.drop(columns="site"), None, n_folds=3, minimum=5)
     assert {fold.held_out_source for fold in site_folds(images, None, n_folds=3, minimum=5)} == {"v7"}
     settings = {**CROSS_SOURCE_DEFAULTS, "min_images_per_source": 5, "hold_out": ["source", "site"],
-                "site_folds": {"sources": ["v7"], "n_folds": 3}}
+                "site_folds": {**CROSS_SOURCE_DEFAULTS["site_folds"], "sources": ["v7"], "n_folds": 3}}
     assert [fold.hold_out for fold in cross_folds(images, settings)] == ["source", "source", "site", "site", "site"]
     with pytest.raises(ValueError, match="hold_out must be a non-empty list of"):
         cross_folds(images, {**settings, "hold_out": ["hospital"]})

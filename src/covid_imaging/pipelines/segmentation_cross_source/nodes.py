@@ -49,7 +49,9 @@ CROSS_SOURCE_DEFAULTS: dict[str, Any] = {
     "hold_out": ["source"],
     # Site folds: the sources split by site (null: every source with at least
     # min_images_per_source images and n_folds sites), in n_folds folds grouped by site.
-    "site_folds": {"sources": None, "n_folds": 5},
+    # tested_splits: which of the held-out sites' images are scored ([train, validation]
+    # keeps the main job's test split out of anything chosen on these folds).
+    "site_folds": {"sources": None, "n_folds": 5, "tested_splits": ["train", "validation", "test"]},
 }
 HOLD_OUT_KINDS = ("source", "site")
 
@@ -134,11 +136,18 @@ def source_folds(images: pd.DataFrame, minimum: int) -> list[Fold]:
     return [Fold("source", source, source, *fold_tables(images, source)) for source in sources]
 
 
-def site_folds(images: pd.DataFrame, sources: list[str] | None, n_folds: int, minimum: int) -> list[Fold]:
-    """``n_folds`` folds per source, grouped by ``site``: each tests every image of its sites
-    (any split) with a model trained on the train/validation splits of the other sources
-    and of the source's other sites. A patient is never on both sides (a film whose
-    patient is tested is left out of training), and every image is tested once."""
+def site_folds(
+    images: pd.DataFrame, sources: list[str] | None, n_folds: int, minimum: int,
+    tested_splits: tuple[str, ...] = ("train", "validation", "test"),
+) -> list[Fold]:
+    """``n_folds`` folds per source, grouped by ``site``: each tests the images of its sites
+    (those in ``tested_splits``) with a model trained on the train/validation splits of the
+    other sources and of the source's other sites. A patient is never on both sides (a film
+    whose patient is held out is left out of training), and every image is tested once."""
+    unknown = sorted(set(tested_splits) - {"train", "validation", "test"})
+    if not tested_splits or unknown:
+        raise ValueError(f"segmentation_cross_source.site_folds.tested_splits must be a non-empty list of "
+                         f"train, validation, test; got {list(tested_splits)!r}")
     if "site" not in images:
         raise ValueError("segmentation_cross_source.hold_out: site needs the manifest's `site` column; set "
                          "ingestion.patient_metadata.site_column and run the ingestion again")
@@ -158,9 +167,10 @@ def site_folds(images: pd.DataFrame, sources: list[str] | None, n_folds: int, mi
             raise ValueError(f"segmentation_cross_source.site_folds: source {source!r} has {len(rows)} images from "
                              f"{n_sites} sites; {n_folds} folds need at least {n_folds} sites")
         for k, (_, test_index) in enumerate(GroupKFold(n_splits=n_folds).split(rows, groups=rows["site"])):
-            test = rows.iloc[test_index].reset_index(drop=True)
-            held_out = (development["source"] == source) & development["site"].isin(set(test["site"]))
-            train = development[~held_out & ~development["group_id"].isin(set(test["group_id"]))]
+            held_out_rows = rows.iloc[test_index]
+            held_out = (development["source"] == source) & development["site"].isin(set(held_out_rows["site"]))
+            train = development[~held_out & ~development["group_id"].isin(set(held_out_rows["group_id"]))]
+            test = held_out_rows[held_out_rows["split"].isin(tested_splits)].reset_index(drop=True)
             folds.append(Fold("site", source, f"{source} sites {k + 1}/{n_folds}", train.reset_index(drop=True), test))
     return folds
 
@@ -175,7 +185,7 @@ def cross_folds(images: pd.DataFrame, settings: dict[str, Any]) -> list[Fold]:
     folds = source_folds(images, minimum) if "source" in kinds else []
     if "site" in kinds:
         site = settings["site_folds"]
-        folds += site_folds(images, site["sources"], int(site["n_folds"]), minimum)
+        folds += site_folds(images, site["sources"], int(site["n_folds"]), minimum, tuple(site["tested_splits"]))
     return folds
 
 
