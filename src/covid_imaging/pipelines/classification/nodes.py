@@ -515,7 +515,7 @@ def _train_over_seeds(
     test splits (the test split plays no part in the selection)."""
     evaluation = _checked_evaluation(evaluation)
     splits = {split: _rows(inputs, data, split) for split in ("validation", "test")}
-    selected: tuple[float, keras.Model, dict[str, list[float]]] | None = None
+    selected: tuple[keras.Model, dict[str, list[float]]] | None = None
     tables = []
     for offset in range(int(evaluation["n_seeds"])):
         seeded = {**data, "seed": int(data["seed"]) + offset}
@@ -528,12 +528,14 @@ def _train_over_seeds(
                 split=split, seed=seeded["seed"],
                 **{f"p_{name}": probabilities[:, index] for index, name in enumerate(data["classes"])},
             ))
-        score = _balanced_accuracy(tables[-2], data["classes"])
-        logger.info("Seed %d: validation balanced accuracy %.3f", seeded["seed"], score)
-        if selected is None or (evaluation["select_seed"] == "validation" and score > selected[0]):
-            selected = (score, model, history)
+        logger.info("Seed %d: validation balanced accuracy %.3f", seeded["seed"],
+                    _balanced_accuracy(tables[-2], data["classes"]))
+        # The rule of selected_seed over the seeds so far: only the kept model stays in memory.
+        scores = seed_scores(pd.concat(tables, ignore_index=True), list(data["classes"]))
+        if selected_seed(scores, evaluation["select_seed"]) == seeded["seed"]:
+            selected = (model, history)
     assert selected is not None
-    return selected[1], selected[2], pd.concat(tables, ignore_index=True)
+    return selected[0], selected[1], pd.concat(tables, ignore_index=True)
 
 
 def _balanced_accuracy(predictions: pd.DataFrame, classes: list[str]) -> float:

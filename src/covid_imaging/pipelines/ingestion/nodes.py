@@ -460,14 +460,14 @@ def _patient_metadata(raw_files: RawFiles, params: dict[str, Any]) -> tuple[dict
         table = pd.read_csv(io.BytesIO(raw_files[metadata_file]()), dtype=str, keep_default_na=False)
     except Exception as error:  # an unreadable metadata file names itself and stops the run
         raise IngestionError(f"{where}: cannot be read as CSV ({error})") from None
-    columns = [metadata["path_column"], metadata["patient_column"]] + ([metadata["site_column"]] if metadata.get("site_column") else [])
-    missing = [column for column in columns if column not in table.columns]
+    path_column, patient_column, site_column = metadata["path_column"], metadata["patient_column"], metadata.get("site_column")
+    missing = [column for column in (path_column, patient_column, site_column) if column and column not in table.columns]
     if missing:
         raise IngestionError(f"{where}: missing column(s) {missing} (ingestion.patient_metadata)")
-    patients = dict(zip(table[columns[0]], table[columns[1]], strict=True))
-    if len(columns) == 2:
+    patients = dict(zip(table[path_column], table[patient_column], strict=True))
+    if not site_column:
         return patients, {}
-    sites = {path: site.strip() for path, site in zip(table[columns[0]], table[columns[2]], strict=True) if site.strip()}
+    sites = {path: site.strip() for path, site in zip(table[path_column], table[site_column], strict=True) if site.strip()}
     return patients, sites
 
 

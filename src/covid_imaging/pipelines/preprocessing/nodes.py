@@ -72,10 +72,10 @@ def build_model_input_table(
     preprocessed_images: dict[str, Callable[[], bytes]],
     params: dict[str, Any],
 ) -> pd.DataFrame:
-    """Join manifest and splits with the paths of the preprocessed PNGs the models read."""
+    """Join manifest (files, size, acquisition site) and splits with the paths of the preprocessed PNGs the models read."""
     root = params["output_root"].rstrip("/")
     table = split_table.merge(
-        manifest[["image_id", "image_key", "mask_key", "image_uri", "mask_uri", "width", "height", "is_synthetic"]], on="image_id", how="left"
+        manifest[["image_id", "image_key", "mask_key", "image_uri", "mask_uri", "width", "height", "site", "is_synthetic"]], on="image_id", how="left"
     )
     available = set(preprocessed_images)
     table["image_path"] = [f"{root}/images/{image_id}.png" for image_id in table["image_id"]]

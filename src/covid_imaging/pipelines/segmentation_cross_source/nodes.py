@@ -149,8 +149,9 @@ def site_folds(
         raise ValueError(f"segmentation_cross_source.site_folds.tested_splits must be a non-empty list of "
                          f"train, validation, test; got {list(tested_splits)!r}")
     if "site" not in images:
-        raise ValueError("segmentation_cross_source.hold_out: site needs the manifest's `site` column; set "
-                         "ingestion.patient_metadata.site_column and run the ingestion again")
+        raise ValueError("segmentation_cross_source.hold_out: site needs the `site` column of model_input_table "
+                         "(from the manifest); run `kedro run --pipelines=data_preparation` again, with "
+                         "ingestion.patient_metadata.site_column set")
     if sources is None:
         counts = images.groupby("source")["site"].agg(["size", "nunique"])
         sources = sorted(str(source) for source, row in counts.iterrows()
@@ -163,7 +164,7 @@ def site_folds(
     for source in sources:
         rows = images[images["source"] == source].reset_index(drop=True)
         n_sites = rows["site"].nunique()
-        if rows.empty or n_sites < n_folds:
+        if n_sites < n_folds:  # also a source with no image
             raise ValueError(f"segmentation_cross_source.site_folds: source {source!r} has {len(rows)} images from "
                              f"{n_sites} sites; {n_folds} folds need at least {n_folds} sites")
         for k, (_, test_index) in enumerate(GroupKFold(n_splits=n_folds).split(rows, groups=rows["site"])):
@@ -191,7 +192,6 @@ def cross_folds(images: pd.DataFrame, settings: dict[str, Any]) -> list[Fold]:
 
 def run_cross_source_folds(
     segmentation_images: pd.DataFrame,
-    manifest: pd.DataFrame,
     variant_images: Loaders,
     raw_files: Loaders,
     segmentation_params: dict[str, Any],
@@ -211,8 +211,6 @@ def run_cross_source_folds(
     preprocessing = variant_preprocessing(preprocessing_params, params, variant)
     root = preprocessing["output_root"]
     images = segmentation_images.copy()
-    if "site" in manifest:
-        images["site"] = images["image_id"].map(manifest.set_index("image_id")["site"])
     images["image_path"] = [f"{root}/images/{image_id}.png" for image_id in images["image_id"]]
     images["mask_path"] = [f"{root}/masks/{image_id}.png" for image_id in images["image_id"]]
     missing = [image_id for image_id in images["image_id"] if f"images/{image_id}" not in variant_images]
@@ -250,8 +248,7 @@ def run_cross_source_folds(
             per_image.insert(0, "held_out_source", fold.held_out_source)
             per_image.insert(0, "hold_out", fold.hold_out)
             per_image.insert(0, "variant", variant)
-            if "site" in test_rows:
-                per_image["site"] = per_image["image_id"].map(test_rows.set_index("image_id")["site"])
+            per_image["site"] = per_image["image_id"].map(test_rows.set_index("image_id")["site"])
             per_image["train_sources"] = "+".join(sorted(train_rows["source"].unique()))
             per_image["input_size"] = int(data["image_size"])
             tables.append(per_image)
@@ -300,8 +297,8 @@ def summarise_cross_source(**per_image_tables: pd.DataFrame) -> pd.DataFrame:
                 "hold_out": hold_out,
                 "held_out_source": held_out,
                 "mask_convention": ",".join(sorted(frame["mask_convention"].unique())),
-                # a site fold also trains on the held-out source's other sites
-                "train_sources": "+".join(sorted(set("+".join(frame["train_sources"].unique()).split("+")))),
+                # every source that trained some fold (a site fold also trains on its own source)
+                "train_sources": "+".join(sorted({name for names in frame["train_sources"].unique() for name in names.split("+")})),
                 "n_folds": frame["fold"].nunique(),
                 "n_sites": frame["site"].nunique() if "site" in frame else float("nan"),
                 "input_size": int(frame["input_size"].iloc[0]),

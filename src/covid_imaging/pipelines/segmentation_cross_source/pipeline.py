@@ -44,7 +44,7 @@ def variant_template(variant: str) -> Pipeline:
             node(
                 _bound(run_cross_source_folds, variant),
                 [
-                    "segmentation_images", "manifest", "preprocessed_images", "raw_images@files",
+                    "segmentation_images", "preprocessed_images", "raw_images@files",
                     "params:segmentation", "params:preprocessing", "params:segmentation_cross_source",
                 ],
                 ["per_image", "cross_source_metrics"],
