@@ -1,14 +1,15 @@
 """Test-time augmentation of a trained segmentation model, scored on the validation split.
 
 Averages the model's probability maps over copies of each image (shifted by a few
-pixels, or mirrored left-right) after undoing the transform on each map, and scores the
+pixels, mirrored left-right, zoomed about the centre, or with another gamma) after
+undoing the geometric transform on each map, and scores the
 result as the pipeline does: Dice at native resolution after post-processing, per mask
 source, with the paired difference to the plain model (bootstrap 95 % CI, patients resampled).
 Validation split only: this is how the choice is made, never on the test split. Run
 after the segmentation pipeline has trained the model, e.g.::
 
     kedro run --pipelines=segmentation --env=shared_data
-    python benchmarks/segmentation_tta.py --model unet
+    python benchmarks/segmentation_tta.py --model unet [--model-file other.keras]
 
 Prints one line per variant; nothing is written.
 """
@@ -17,13 +18,22 @@ from __future__ import annotations
 
 import argparse
 
+from pathlib import Path
+
+import cv2
 import numpy as np
 from _trained_segmentation import load_trained_segmentation, paired_interval
 
 from covid_imaging.segmentation.inference import score_images
 
-# Each variant: the transforms whose maps are averaged ("id", "mirror" or a (dx, dy) shift in px).
+# Each variant: the transforms whose maps are averaged: "id", "mirror", a (dx, dy) shift
+# in px, ("scale", s) (zoom about the centre; s < 1 shows more around the image), or
+# ("gamma", g) (intensity x ** g; the map needs no undoing).
 VARIANTS = {
+    "scales 0.9, 1.1": ["id", ("scale", 0.9), ("scale", 1.1)],
+    "scales 0.85, 0.93, 1.07, 1.15": ["id", ("scale", 0.85), ("scale", 0.93), ("scale", 1.07), ("scale", 1.15)],
+    "gamma 0.8, 1.25": ["id", ("gamma", 0.8), ("gamma", 1.25)],
+    "scales 0.9, 1.1 and gamma 0.8, 1.25": ["id", ("scale", 0.9), ("scale", 1.1), ("gamma", 0.8), ("gamma", 1.25)],
     "shifts 4 px (up, down, left, right)": ["id", (4, 0), (-4, 0), (0, 4), (0, -4)],
     "shifts 4 px (diagonal)": ["id", (4, 4), (-4, -4), (4, -4), (-4, 4)],
     "shifts 2 px (up, down, left, right)": ["id", (2, 0), (-2, 0), (0, 2), (0, -2)],
@@ -39,6 +49,18 @@ def shifted(batch: np.ndarray, dx: int, dy: int) -> np.ndarray:
     src_x, dst_x = (slice(0, width - dx), slice(dx, width)) if dx >= 0 else (slice(-dx, width), slice(0, width + dx))
     out[:, dst_y, dst_x] = batch[:, src_y, src_x]
     return out
+
+
+def zoomed(batch: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """``batch`` (B, H, W, C) zoomed by ``scale`` about the centre (black outside the
+    original), and the coverage (1 where the result shows the original image)."""
+    height, width = batch.shape[1:3]
+    matrix = cv2.getRotationMatrix2D(((width - 1) / 2, (height - 1) / 2), 0.0, scale)
+    out = np.stack([cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR,
+                                   borderMode=cv2.BORDER_CONSTANT, borderValue=0.0).reshape(image.shape)
+                    for image in batch.astype(np.float32)])
+    coverage = cv2.warpAffine(np.ones((height, width), np.float32), matrix, (width, height), flags=cv2.INTER_NEAREST)
+    return out, coverage
 
 
 class Averaged:
@@ -57,18 +79,27 @@ class Averaged:
                 maps.append(np.asarray(self.model.predict_on_batch(batch)))
             elif transform == "mirror":
                 maps.append(np.asarray(self.model.predict_on_batch(batch[:, :, ::-1]))[:, :, ::-1])
+            elif transform[0] == "gamma":
+                maps.append(np.asarray(self.model.predict_on_batch(np.clip(batch, 0.0, 1.0) ** transform[1])))
+            elif transform[0] == "scale":
+                zoomed_batch, _ = zoomed(batch, transform[1])
+                # back to the image's frame; where the zoomed copy showed no image (zooming
+                # in crops the border) that copy has no say
+                back, coverage = zoomed(np.asarray(self.model.predict_on_batch(zoomed_batch)), 1.0 / transform[1])
+                maps.append(np.where(coverage[None, :, :, None] > 0, back, np.nan))
             else:
                 dx, dy = transform
                 maps.append(shifted(np.asarray(self.model.predict_on_batch(shifted(batch, dx, dy))), -dx, -dy))
-        return np.mean(maps, axis=0)
+        return np.nanmean(maps, axis=0)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="unet")
     parser.add_argument("--env", default="shared_data")
+    parser.add_argument("--model-file", type=Path, help="a .keras file instead of the catalog's latest version")
     args = parser.parse_args()
-    model, images, raw_files, block, preprocessing = load_trained_segmentation(args.model, args.env)
+    model, images, raw_files, block, preprocessing = load_trained_segmentation(args.model, args.env, args.model_file)
     rows = images[images["split"] == "validation"].reset_index(drop=True)
     plain = None
     for name, transforms in {"plain model": ["id"], **VARIANTS}.items():
