@@ -17,7 +17,6 @@ Prints one line per variant; nothing is written.
 from __future__ import annotations
 
 import argparse
-
 from pathlib import Path
 
 import cv2
