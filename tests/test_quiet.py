@@ -36,3 +36,22 @@ def test_a_hidden_warning_stays_hidden_under_a_local_once_filter_and_others_stil
     assert result.returncode == 0, result.stderr
     assert "Add type hints" not in result.stderr
     assert "images folder has 3 unreadable files" in result.stderr
+
+
+LOGGING_SCRIPT = """
+import logging, logging.config, yaml
+logging.config.dictConfig(yaml.safe_load(open("conf/logging.yml")))
+from kedro_viz.integrations.kedro.run_hooks import PipelineRunStatusHook
+# what kedro run --pipelines=segmentation hands the hook
+PipelineRunStatusHook().before_pipeline_run({"pipeline_names": ["segmentation"], "pipeline_name": "segmentation",
+                                             "runner": "SequentialRunner"}, None)
+logging.getLogger("kedro_viz.integrations.kedro.hooks_utils").warning("Failed writing events: disk full")
+"""
+
+
+def test_kedro_viz_partial_run_notice_is_hidden_and_its_write_failures_still_show():
+    result = subprocess.run([sys.executable, "-c", LOGGING_SCRIPT], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Workflow tracking is disabled" not in result.stdout + result.stderr
+    assert "Failed writing events: disk full" in result.stdout
