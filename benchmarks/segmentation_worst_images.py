@@ -1,5 +1,6 @@
-"""The worst-segmented images of a split, drawn: true lung outline in green, the
-post-processed prediction in red, each labelled with its Dice at native size.
+"""The worst-segmented images of any split, drawn as the pipeline's
+``worst_predictions.png`` draws the test split's (image, true mask, probability map,
+post-processed mask; titled with the Dice at native size).
 
 What a user looks at before trusting the summary figures: whether the lowest scores are
 the model's errors or the masks' conventions. Run after the segmentation pipeline has
@@ -16,26 +17,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import cv2
-import numpy as np
 from _trained_segmentation import load_trained_segmentation
 
+from covid_imaging.pipelines.segmentation.nodes import worst_predictions
 from covid_imaging.segmentation.inference import score_images
-
-TILE = 384  # px per image in the figure (nearest-neighbour upscaling of the model's input)
-
-
-def outlined(image: np.ndarray, truth: np.ndarray, predicted: np.ndarray, label: str) -> np.ndarray:
-    """One tile: ``image`` (model size, [0, 1]) with the outlines of ``truth`` (green) and ``predicted`` (red)."""
-    tile = cv2.cvtColor(cv2.resize((image * 255).astype(np.uint8), (TILE, TILE), interpolation=cv2.INTER_AREA),
-                        cv2.COLOR_GRAY2BGR)
-    for mask, colour in ((truth, (0, 200, 0)), (predicted, (0, 0, 255))):
-        big = cv2.resize((mask > 0.5).astype(np.uint8), (TILE, TILE), interpolation=cv2.INTER_NEAREST)
-        contours, _ = cv2.findContours(big, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-        cv2.drawContours(tile, contours, -1, colour, 2)
-    cv2.rectangle(tile, (0, TILE - 22), (TILE, TILE), (0, 0, 0), -1)
-    cv2.putText(tile, label, (4, TILE - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
-    return tile
 
 
 def main() -> None:
@@ -50,19 +35,12 @@ def main() -> None:
     model, images, raw_files, block, preprocessing = load_trained_segmentation(args.model, args.env, args.model_file)
     rows = images[images["split"] == args.split].reset_index(drop=True)
     table, _ = score_images(model, rows, block["data"], block["postprocessing"], preprocessing, raw_files)
-    worst = table.nsmallest(args.n, "dice_native_post")
-    chosen = rows.set_index("image_id").loc[worst["image_id"]].reset_index()
-    # one sample per patient group: give each drawn image its own group so none is skipped
-    chosen["group_id"] = chosen["image_id"]
-    _, samples = score_images(model, chosen, block["data"], block["postprocessing"], keep_samples=len(chosen))
-    tiles = []
-    for (image, mask, _probability, postprocessed, _dice, image_id), record in zip(
-            samples, worst.itertuples(index=False), strict=True):
-        label = f"{record.source} ({args.split}): Dice {record.dice_native_post:.3f}, area x{record.area_ratio_native_post:.2f}"
-        print(f"{image_id}: {label}")
-        tiles.append(outlined(image, mask, postprocessed, label))
-    cv2.imwrite(str(args.out), np.hstack(tiles))
-    print(f"{args.out}: {len(tiles)} of the {len(rows)} {args.split} images (green: true mask, red: prediction)")
+    for record in table.nsmallest(args.n, "dice_native_post").itertuples(index=False):
+        print(f"{record.image_id} ({record.source}): Dice {record.dice_native_post:.3f}, "
+              f"area x{record.area_ratio_native_post:.2f}")
+    figure = worst_predictions(model, rows, table, block["data"], block["postprocessing"], args.n, args.split)
+    figure.savefig(args.out, dpi=120)
+    print(f"{args.out}: the {args.n} worst of the {len(rows)} {args.split} images")
 
 
 if __name__ == "__main__":

@@ -59,9 +59,10 @@ def plot_sample_predictions(
     postprocessed: Sequence[np.ndarray],
     titles: Sequence[str] | None = None,
     model_name: str = "",
+    heading: str = "test images (title: file, Dice after post-processing)",
 ) -> Figure:
     """One column per sample; rows: image, ground truth, probability map (with its colour
-    bar), post-processed overlay; titled with the model when ``model_name`` is given."""
+    bar), post-processed overlay; titled ``<model_name>: <heading>`` when ``model_name`` is given."""
     n_samples = len(images)
     lengths = {n_samples, len(masks), len(probability_maps), len(postprocessed)}
     if n_samples == 0 or len(lengths) != 1:
@@ -86,7 +87,7 @@ def plot_sample_predictions(
         axes[row, 0].set_ylabel(title)
     figure.colorbar(probability_image, ax=list(axes[2]), label="lung probability", shrink=0.9)
     if model_name:
-        figure.suptitle(f"{model_name}: test images (title: file, Dice after post-processing)")
+        figure.suptitle(f"{model_name}: {heading}")
     for axis in axes.flat:
         axis.set_xticks([])
         axis.set_yticks([])

@@ -39,6 +39,7 @@ def test_segmentation_pipeline_on_tiny_demo_set(kedro_project):
         if model != ENSEMBLE:
             assert (folder / "training_curves.png").stat().st_size > 0
         assert (folder / "sample_predictions.png").stat().st_size > 0
+        assert (folder / "worst_predictions.png").stat().st_size > 0
         assert json.loads((folder / "test_metrics.json").read_text())["test_dice_post"] >= 0
         assert list((kedro_project / "data/06_models/synthetic_demo/segmentation" / f"{model}.keras").glob("*/*.keras"))
 
@@ -64,4 +65,4 @@ def test_segmentation_pipeline_on_tiny_demo_set(kedro_project):
         assert {"model", "plots", "tables"} <= artifacts
         assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == ["model/model.keras"]
         plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-        assert {"plots/training_curves.png", "plots/sample_predictions.png"} <= plots
+        assert {"plots/training_curves.png", "plots/sample_predictions.png", "plots/worst_predictions.png"} <= plots

@@ -55,6 +55,27 @@ SEGMENTATION_DATA_DEFAULTS: dict[str, Any] = {
 }
 
 
+# A model's data block (segmentation.<model>.data): what it trains and is scored at.
+SEGMENTATION_MODEL_DATA_DEFAULTS: dict[str, Any] = {
+    "image_size": 128,
+    "batch_size": 8,
+    "seed": 42,
+    "n_sample_predictions": 4,  # test images of different patients in sample_predictions.png
+    "n_worst_predictions": 4,  # the test images with the lowest Dice at native size, in worst_predictions.png
+    "max_train_images": None,  # caps for quick experiments; null: all
+    "max_validation_images": None,
+}
+
+
+def model_data_params(params: dict[str, Any] | None, where: str) -> dict[str, Any]:
+    """A model's data block over its defaults; unknown keys fail, figure counts must be >= 1."""
+    data = merge_params(SEGMENTATION_MODEL_DATA_DEFAULTS, params, where=where)
+    for key in ("n_sample_predictions", "n_worst_predictions"):
+        if isinstance(data[key], bool) or not isinstance(data[key], int) or data[key] < 1:
+            raise ValueError(f"{where}.{key} must be an integer >= 1; got {data[key]!r}")
+    return data
+
+
 class TooFewImagesError(ValueError):
     """A split holds fewer segmentation images than ``segmentation_data.min_images``."""
 
@@ -138,11 +159,12 @@ def train_segmentation(
     convention its training images carry, in that order (the first present is the
     default head); each image trains its own convention's head only.
     """
+    data_params = model_data_params(data_params, f"segmentation.{model_params['builder']}.data")
     set_global_seed(int(data_params["seed"]))
     resolved = resolve_segmentation_params(training_params)  # unknown keys fail before any work
     image_size = int(data_params["image_size"])
-    train = _split_rows(images, "train", data_params.get("max_train_images"))
-    validation = _split_rows(images, "validation", data_params.get("max_validation_images"))
+    train = _split_rows(images, "train", data_params["max_train_images"])
+    validation = _split_rows(images, "validation", data_params["max_validation_images"])
     architecture = architecture_options(model_params)
     conventions = (
         training_heads(train["mask_convention"], model_params["convention_heads"])
@@ -182,24 +204,55 @@ def evaluate_on_test(
     postprocessing_params: dict[str, Any],
     preprocessing_params: dict[str, Any],
     compute: dict[str, Any] | None = None,
-) -> tuple[pd.DataFrame, dict[str, float], Figure]:
+) -> tuple[pd.DataFrame, dict[str, float], Figure, Figure]:
     """Predict the test split; metrics at model size (before/after post-processing) and at native size.
 
     At native size the probability map is brought back to each image's own resolution
     (padding removed), thresholded and post-processed there, and compared with the
-    original mask file. Per-image scoring runs on the ``compute`` backend.
+    original mask file. Per-image scoring runs on the ``compute`` backend. Figures: test
+    images of different patients, and the test images with the lowest Dice.
     """
+    data_params = model_data_params(data_params, f"segmentation.{model.name}.data")
     test = _split_rows(images, "test")
     per_image, samples = score_images(
         model, test, data_params, postprocessing_params, preprocessing_params, raw_files,
-        keep_samples=int(data_params.get("n_sample_predictions", 4)), compute=ComputeConfig.from_params(compute),
+        keep_samples=data_params["n_sample_predictions"], compute=ComputeConfig.from_params(compute),
     )
     figure = plot_sample_predictions(
         *(np.stack(items) for items in list(zip(*samples, strict=True))[:4]),
         titles=[f"{image_id[-28:]}\nDice {dice:.3f}" for *_, dice, image_id in samples],
         model_name=model.name,
     )
-    return per_image, test_metrics_from(per_image), figure
+    worst = worst_predictions(model, test, per_image, data_params, postprocessing_params,
+                              data_params["n_worst_predictions"], "test")
+    return per_image, test_metrics_from(per_image), figure, worst
+
+
+def worst_predictions(
+    model: keras.Model,
+    rows: pd.DataFrame,
+    per_image: pd.DataFrame,
+    data_params: dict[str, Any],
+    postprocessing_params: dict[str, Any],
+    n_images: int,
+    split: str,
+) -> Figure:
+    """The ``n_images`` rows with the lowest Dice in ``per_image`` (at native size where it
+    was measured), drawn as the sample predictions are: where a user looks first to tell a
+    model's errors from a mask convention or a hard film."""
+    column = "dice_native_post" if "dice_native_post" in per_image else "dice_post"
+    worst = per_image.nsmallest(n_images, column)
+    chosen = rows.set_index("image_id").loc[worst["image_id"]].reset_index()
+    chosen["group_id"] = chosen["image_id"]  # one sample per group: each chosen image is its own
+    _, samples = score_images(model, chosen, data_params, postprocessing_params, keep_samples=len(chosen))
+    scores = worst.set_index("image_id")[column]
+    label = "Dice at native size" if column == "dice_native_post" else "Dice"
+    return plot_sample_predictions(
+        *(np.stack(items) for items in list(zip(*samples, strict=True))[:4]),
+        titles=[f"{image_id[-28:]}\n{label} {scores[image_id]:.3f}" for *_, image_id in samples],
+        model_name=model.name,
+        heading=f"the {len(samples)} {split} images with the lowest {label} (title: file, {label})",
+    )
 
 
 def stress_test(
@@ -217,6 +270,7 @@ def stress_test(
     size; the table has one row per image and condition (``clean`` and each kind).
     """
     settings = merge_params(STRESS_TEST_DEFAULTS, stress_params, where="stress_test")
+    data_params = model_data_params(data_params, f"segmentation.{model.name}.data")
     test = _split_rows(images, "test")
     config = ComputeConfig.from_params(compute)
     tables = [score_images(model, test, data_params, postprocessing_params, compute=config)[0].assign(condition="clean")]

@@ -56,7 +56,7 @@ def evaluation_nodes() -> list:
                 "model", "segmentation_images", "raw_images@files",
                 "params:data", "params:postprocessing", "params:preprocessing", "params:compute",
             ],
-            ["per_image_metrics", "test_metrics", "sample_predictions"],
+            ["per_image_metrics", "test_metrics", "sample_predictions", "worst_predictions"],
             name="evaluate_on_test",
         ),
         node(summarise_metrics, "per_image_metrics", "metrics_summary", name="summarise_metrics"),
