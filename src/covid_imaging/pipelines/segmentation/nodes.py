@@ -251,7 +251,7 @@ def worst_predictions(
         *(np.stack(items) for items in list(zip(*samples, strict=True))[:4]),
         titles=[f"{image_id[-28:]}\n{label} {scores[image_id]:.3f}" for *_, image_id in samples],
         model_name=model.name,
-        heading=f"the {len(samples)} {split} images with the lowest {label} (title: file, {label})",
+        heading=f"the {len(samples)} {split} images with the lowest {label}",
     )
 
 
