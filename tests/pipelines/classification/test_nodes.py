@@ -15,6 +15,7 @@ from covid_imaging.pipelines.classification.nodes import (
     compare_paired,
     mask_lungs,
     summarise_seeds,
+    train_over_seeds,
 )
 from tests.conftest import chest_like_image
 
@@ -177,3 +178,14 @@ def test_paired_comparison_reports_the_difference_its_interval_and_each_seed():
     with pytest.raises(ValueError, match="not tested on the same images"):
         compare_paired(model, baseline.iloc[:-1], seeds_model, seeds_baseline, inputs, data, evaluation,
                        model="m2", baseline="m1")
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"undersampel": False}, r"Unknown data parameter 'undersampel' \(data\.undersampel\)"),
+    ({"classes": None}, r"data\.classes must be set"),
+])
+def test_a_classifier_data_block_with_a_typo_fails_before_training(data, message):
+    # a misspelt key would otherwise be ignored: the model would train undersampled
+    with pytest.raises(ValueError, match=message):
+        train_over_seeds(pd.DataFrame(), {"builder": "simple_cnn"}, {}, {"image_size": 16, "classes": ["a", "b"], **data},
+                         {"n_seeds": 1})

@@ -190,8 +190,10 @@ def test_ct_model_nodes_refuse_xray_rows():
      ("resnet152", 224, None, 224)],
 )
 def test_model_data_caps_the_reference_size(builder, reference, cap, expected):
-    data, sizes = model_data({"image_size": reference, "batch_size": 4, "max_image_size": cap}, {"builder": builder})
+    data, sizes = model_data({"image_size": reference, "classes": ["non_covid", "covid"], "batch_size": 4,
+                              "max_image_size": cap}, {"builder": builder})
     assert data["image_size"] == expected and data["batch_size"] == 4
+    assert "max_image_size" not in data  # applied: the classifier nodes downstream do not know the key
     assert sizes == {"input_size": float(expected), "reference_input_size": float(reference)}
 
 
@@ -469,3 +471,8 @@ def test_cv_pipeline_reads_each_models_registry_block_and_the_hook_tracks_it():
     assert "ct_classification_cv_comparison" in pipe.all_outputs()
     assert "ct_classification_cv" in TRACKED_NAMESPACE_ROOTS and model_namespace(train) == "ct_classification_cv.vgg16"
     assert set(pipe.nodes) <= set(register_pipelines()["ct_classification_cv"].nodes)
+
+
+def test_a_ct_data_block_with_a_typo_fails_naming_the_key():
+    with pytest.raises(ValueError, match=r"data\.max_image_sise"):
+        model_data({"image_size": 224, "classes": ["non_covid", "covid"], "max_image_sise": 32}, {"builder": "vgg16"})

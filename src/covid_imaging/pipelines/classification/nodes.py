@@ -70,6 +70,19 @@ EVALUATION_DEFAULTS: dict[str, Any] = {
     "select_seed": "validation",
 }
 LEARNING_CURVES = (("loss", "Loss"), ("balanced_accuracy", "Balanced accuracy"))
+# A classifier's data block (classification.<name>.data, ct_classification.<name>.data).
+# image_size and classes have no default: the registry requires them in every block.
+CLASSIFICATION_DATA_DEFAULTS: dict[str, Any] = {
+    "image_size": None,
+    "classes": None,
+    "batch_size": 20,
+    "seed": 42,
+    "augment": True,               # flip and small rotations of the training images
+    "image_variant": "auto",       # auto | lungs | whole | lungless (registry: per family)
+    "cross_validation": False,     # k-fold CV over train+validation first (k = splits.n_folds)
+    "undersample": True,           # train on the undersampled training split; false: every image
+    "class_groups": None,          # {class: [manifest labels]}: classes made of several labels
+}
 
 
 # ------------------------------------------------------------------ lung masking
@@ -494,6 +507,15 @@ def plot_learning_curves(training_history: dict[str, list[float]]) -> Figure:
     return plot_training_curves(training_history, curves=LEARNING_CURVES)
 
 
+def checked_data(data: dict[str, Any], defaults: dict[str, Any] = CLASSIFICATION_DATA_DEFAULTS) -> dict[str, Any]:
+    """A classifier's data block over ``defaults``: unknown keys (typos) fail with their name."""
+    data = merge_params(defaults, data, where="data")
+    missing = [key for key in ("image_size", "classes") if data[key] is None]
+    if missing:
+        raise ValueError(f"data.{missing[0]} must be set in the model's data block")
+    return data
+
+
 def _checked_evaluation(evaluation: dict[str, Any]) -> dict[str, Any]:
     evaluation = merge_params(EVALUATION_DEFAULTS, evaluation, where="evaluation")
     if int(evaluation["n_seeds"]) < 1:
@@ -554,6 +576,7 @@ def train_over_seeds(
     """:func:`train_classification_model` over ``evaluation.n_seeds`` seeds; the model is
     the seed with the highest validation balanced accuracy (``select_seed: validation``) or
     the first seed's (``first``). Also returns every seed's validation and test probabilities."""
+    data = checked_data(data)
     return _train_over_seeds(lambda seeded: train_classification_model(inputs, model_params, training, seeded),
                              inputs, data, evaluation)
 
@@ -564,6 +587,7 @@ def transfer_over_seeds(
 ) -> tuple[keras.Model, dict[str, list[float]], pd.DataFrame]:
     """:func:`transfer_and_fine_tune` over seeds, as :func:`train_over_seeds`; every seed
     restarts from the same ``source_model``."""
+    data = checked_data(data)
     return _train_over_seeds(
         lambda seeded: transfer_and_fine_tune(inputs, source_model, model_params, training, seeded),
         inputs, data, evaluation,

@@ -22,9 +22,11 @@ from covid_imaging.classification.models import KERAS_APPLICATIONS
 from covid_imaging.compute import call_in_fresh_process
 from covid_imaging.params import merge_params
 from covid_imaging.pipelines.classification.nodes import (
+    CLASSIFICATION_DATA_DEFAULTS,
     _checked_evaluation,
     _image_paths,
     _rows,
+    checked_data,
     compare_classifiers,
     evaluate_probabilities,
     seed_scores,
@@ -38,6 +40,9 @@ logger = logging.getLogger(__name__)
 
 MODALITY = "ct"
 SPLIT_PROTOCOLS = ("grouped", "random_slices")
+# A CT model's data block: the classifiers' keys, and a cap on the reference input size
+# (null: the reference size; the CPU defaults cap it per model).
+CT_DATA_DEFAULTS: dict[str, Any] = {**CLASSIFICATION_DATA_DEFAULTS, "image_variant": "whole", "max_image_size": None}
 # ct_classification_cv (rotated test folds): how the folds of one model are trained.
 CV_DEFAULTS: dict[str, Any] = {
     # Each model's folds in a new process that ends with them: TensorFlow keeps memory for
@@ -256,8 +261,9 @@ def model_data(data: dict[str, Any], model: dict[str, Any]) -> tuple[dict[str, A
     caps it, never below what the builder accepts (InceptionV3: 75). The sizes go to
     MLflow (``input_size``, ``reference_input_size``) and to the comparison table.
     """
+    data = checked_data(data, CT_DATA_DEFAULTS)
     reference = int(data["image_size"])
-    cap = data.get("max_image_size")
+    cap = data.pop("max_image_size")  # applied here; the X-ray nodes downstream do not know it
     size = reference if cap is None else min(reference, int(cap))
     application = KERAS_APPLICATIONS.get(str(model["builder"]).lower())
     size = max(size, application.min_input_size if application else 1)
