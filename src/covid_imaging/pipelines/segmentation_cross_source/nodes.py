@@ -248,7 +248,8 @@ def run_cross_source_folds(
             per_image.insert(0, "held_out_source", fold.held_out_source)
             per_image.insert(0, "hold_out", fold.hold_out)
             per_image.insert(0, "variant", variant)
-            per_image["site"] = per_image["image_id"].map(test_rows.set_index("image_id")["site"])
+            if "site" in test_rows:  # a model_input_table written before `site` existed still runs source folds
+                per_image["site"] = per_image["image_id"].map(test_rows.set_index("image_id")["site"])
             per_image["train_sources"] = "+".join(sorted(train_rows["source"].unique()))
             per_image["input_size"] = int(data["image_size"])
             tables.append(per_image)
