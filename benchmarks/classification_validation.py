@@ -27,6 +27,7 @@ from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
 from covid_imaging.pipelines.classification.nodes import (
+    checked_data,
     split_balanced_accuracy,
     train_classification_model,
 )
@@ -34,7 +35,7 @@ from covid_imaging.pipelines.classification.nodes import (
 
 def validation_scores(inputs: pd.DataFrame, block: dict, variant: dict, n_seeds: int) -> tuple[list[float], int]:
     """Each seed's validation balanced accuracy, and the validation size."""
-    data = {**block["data"], **variant.get("data", {}), "cross_validation": False}
+    data = checked_data({**block["data"], **variant.get("data", {}), "cross_validation": False})
     training = {phase: {**values, **variant.get("training", {})} for phase, values in block["training"].items()}
     scores, n_validation = [], 0
     for offset in range(n_seeds):

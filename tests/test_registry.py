@@ -108,7 +108,7 @@ def test_classification_pipeline_wires_transfer_audit_and_lung_model_from_the_re
     assert audit.inputs[:2] == [
         "classification.simple_cnn_scratch.test_metrics", "classification.lungless_audit.test_metrics",
     ]
-    assert "params:classification.simple_cnn_scratch.data" in audit.inputs
+    assert "classification.simple_cnn_scratch.data" in audit.inputs  # the checked block, not the raw parameters
     assert nodes["audit_shortcuts_simple_cnn_mixed"].outputs == ["shortcut_audit_simple_cnn_mixed"]
     assert f"segmentation.{REGISTRY.lung_segmentation_model}.model" in nodes["mask_lungs"].inputs
     # model.compare_with: model_2 against model_1, ResNet50 and HRNet against the four-class CNN

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from covid_imaging.pipelines.classification.nodes import _rows
+from covid_imaging.pipelines.classification.nodes import _rows, checked_data
 
-MIXED = {"classes": ["normal", "pneumonia", "covid"], "class_groups": {"pneumonia": ["bacterial", "viral", "pneumonia"]}}
+MIXED = checked_data({"image_size": 64, "classes": ["normal", "pneumonia", "covid"],
+                      "class_groups": {"pneumonia": ["bacterial", "viral", "pneumonia"]}})
 
 
 def _table() -> pd.DataFrame:
@@ -23,7 +24,7 @@ def test_grouped_labels_become_the_class_and_keep_their_manifest_label():
 
 
 def test_without_groups_labels_are_classes():
-    rows = _rows(_table(), {"classes": ["normal", "pneumonia"]}, "test")
+    rows = _rows(_table(), {**MIXED, "classes": ["normal", "pneumonia"], "class_groups": None}, "test")
     assert rows["label"].tolist() == ["normal", "pneumonia"] and "manifest_label" not in rows
 
 

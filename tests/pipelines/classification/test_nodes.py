@@ -9,14 +9,18 @@ import pandas as pd
 import pytest
 
 from covid_imaging.imaging.io import decode_gray, encode_png
+from covid_imaging.pipelines.classification import pipeline as classification_pipeline
 from covid_imaging.pipelines.classification.nodes import (
+    CLASSIFICATION_DATA_DEFAULTS,
     _train_over_seeds,
     audit_shortcuts,
+    checked_data,
     compare_paired,
     mask_lungs,
     summarise_seeds,
-    train_over_seeds,
 )
+from covid_imaging.pipelines.classification.pipeline import xray_model_template
+from covid_imaging.registry import load_registry
 from tests.conftest import chest_like_image
 
 SIZE = 64
@@ -115,7 +119,8 @@ def test_the_model_is_the_seed_best_on_validation_and_every_seed_is_reported(tmp
             rows.append({"image_id": f"{split}{k}", "label": label, "split": split, "image_path": str(path),
                          "default_variant": "whole", "in_training_sample": True})
     inputs = pd.DataFrame(rows)
-    data = {"image_size": 16, "batch_size": 4, "classes": ["non_covid", "covid"], "image_variant": "whole", "seed": 42}
+    data = checked_data({"image_size": 16, "batch_size": 4, "classes": ["non_covid", "covid"], "image_variant": "whole",
+                         "seed": 42})
     directions = {42: 0.0, 43: 1.0, 44: -1.0}  # validation balanced accuracy 0.5, 1.0, 0.0
 
     def train_once(seeded):
@@ -186,6 +191,19 @@ def test_paired_comparison_reports_the_difference_its_interval_and_each_seed():
 ])
 def test_a_classifier_data_block_with_a_typo_fails_before_training(data, message):
     # a misspelt key would otherwise be ignored: the model would train undersampled
+    template = xray_model_template(None)
+    check = next(n for n in template.nodes if n.name == "check_data")
+    assert template.nodes[0] is check  # the head node: training waits for it
     with pytest.raises(ValueError, match=message):
-        train_over_seeds(pd.DataFrame(), {"builder": "simple_cnn"}, {}, {"image_size": 16, "classes": ["a", "b"], **data},
-                         {"n_seeds": 1})
+        check.run({"params:data": {"image_size": 16, "classes": ["a", "b"], **data}})
+
+
+def test_every_classifier_node_reads_the_checked_data_block_with_every_key_set():
+    pipe = classification_pipeline.create_pipeline()
+    raw = [n.name for n in pipe.nodes if any(i.endswith(".data") and i.startswith("params:") for i in n.inputs)]
+    assert sorted(raw) == sorted(f"{spec.namespace}.check_data" for spec in load_registry().models("cxr_classification"))
+    readers = [n for n in pipe.nodes if any(i.endswith(".data") for i in n.inputs) and not n.name.endswith("check_data")]
+    # train, evaluate, Grad-CAM, seed summary per model; the paired comparisons and audits
+    assert len(readers) == 4 * len(load_registry().names("cxr_classification")) + 3 + 2
+    checked = checked_data({"image_size": 64, "classes": ["normal", "covid"]})
+    assert set(checked) == set(CLASSIFICATION_DATA_DEFAULTS) and checked["undersample"] is True

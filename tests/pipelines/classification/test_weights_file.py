@@ -11,7 +11,7 @@ import pytest
 
 from covid_imaging.classification.models import build_resnet50
 from covid_imaging.classification.transfer import iter_leaf_layers
-from covid_imaging.pipelines.classification.nodes import train_classification_model
+from covid_imaging.pipelines.classification.nodes import checked_data, train_classification_model
 from covid_imaging.training import seed_everything
 
 from ...classification.helpers import leaf_weights, weights_equal
@@ -45,8 +45,8 @@ def test_weights_file_loads_and_the_two_phase_recipe_changes_exactly_the_intende
 
     model_params = {"builder": "resnet50", "strategy": "auto", "weights": str(weights_file), "freeze_base": True,
                     "unfreeze_last_n": 11}
-    data = {"classes": ["a", "b", "c"], "image_size": SIZE, "batch_size": 3, "seed": 0, "augment": False,
-            "image_variant": "whole"}
+    data = checked_data({"classes": ["a", "b", "c"], "image_size": SIZE, "batch_size": 3, "seed": 0,
+                         "augment": False, "image_variant": "whole"})
     training = {"head": {**PHASE, "learning_rate": 0.01}, "fine_tune": PHASE}
     model, history = train_classification_model(inputs, model_params, training, data)
 

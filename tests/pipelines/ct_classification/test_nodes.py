@@ -11,9 +11,14 @@ from kedro.pipeline import Pipeline
 
 from covid_imaging.classification.models import build_classifier
 from covid_imaging.imaging.io import decode_gray
-from covid_imaging.pipelines.classification.nodes import ModalityGuarded, evaluate_classifier
+from covid_imaging.pipelines.classification.nodes import (
+    ModalityGuarded,
+    checked_data,
+    evaluate_classifier,
+)
 from covid_imaging.pipelines.ct_classification.nodes import (
     CT_COLUMNS,
+    CT_DATA_DEFAULTS,
     compare_ct_classifiers,
     evaluate_out_of_fold,
     layer_activation_maps,
@@ -207,7 +212,7 @@ def test_basic_cnn_activation_maps_show_every_conv_and_pool_layer(tmp_path):
         rows.append({"image_id": str(k), "label": label, "split": "test", "image_path": str(path),
                      "default_variant": "whole", "in_training_sample": False})
     model = build_classifier("basic_cnn", n_classes=2, input_size=32)
-    data = {"image_size": 32, "classes": ["non_covid", "covid"], "image_variant": "whole"}
+    data = checked_data({"image_size": 32, "classes": ["non_covid", "covid"], "image_variant": "whole"}, CT_DATA_DEFAULTS)
     figure = layer_activation_maps(model, pd.DataFrame(rows), data, {"per_class": 1})
     titles = [axis.get_title() for axis in figure.axes]
     assert len(figure.axes) == 2 * (1 + 6)  # 2 slices x (input + 3 conv + 3 pool)
@@ -333,7 +338,7 @@ def test_grad_cam_with_and_without_lung_masks(tmp_path):
         masks[f"masks/{k}"] = lambda mask=mask: encode_png(mask)
     inputs = pd.DataFrame(rows)
     model = build_classifier("simple_cnn", n_classes=2, input_size=32, filters=(4, 8), dense_units=8)
-    data = {"image_size": 32, "classes": ["non_covid", "covid"], "image_variant": "whole"}
+    data = checked_data({"image_size": 32, "classes": ["non_covid", "covid"], "image_variant": "whole"}, CT_DATA_DEFAULTS)
     figure, metrics = explain_with_gradcam(model, inputs, masks, data, {"per_class": 1})
     assert {"gradcam_lung_share_mean", "gradcam_lung_share_std", "gradcam_maps_all_zero"} == set(metrics)
     assert len(figure.axes) == 2
@@ -354,7 +359,7 @@ def test_evaluation_resamples_whole_scans_unless_told_to_resample_slices(tmp_pat
                          "default_variant": "whole", "in_training_sample": False})
     inputs = pd.DataFrame(rows)
     model = build_classifier("simple_cnn", n_classes=2, input_size=32, filters=(4, 8), dense_units=8)
-    data = {"image_size": 32, "classes": ["non_covid", "covid"], "image_variant": "whole", "seed": 0, "batch_size": 8}
+    data = checked_data({"image_size": 32, "classes": ["non_covid", "covid"], "image_variant": "whole", "seed": 0, "batch_size": 8}, CT_DATA_DEFAULTS)
 
     by_scan = evaluate_classifier(model, inputs, data, {"n_bootstrap": 20})[0]
     by_slice = evaluate_classifier(model, inputs, data, {"n_bootstrap": 20, "bootstrap_unit": "image"})[0]
@@ -407,8 +412,8 @@ def test_out_of_fold_predictions_cover_every_slice_once_with_scan_intervals(tmp_
     folds = select_ct_folds(table, CT_SPLITS, SPLITS)
     model = {"builder": "simple_cnn", "strategy": "scratch", "filters": [4, 8], "dense_units": 8}
     training = {"main": {"epochs": 1, "optimizer": "adam", "learning_rate": 0.001}}
-    data = {"image_size": 32, "batch_size": 8, "seed": 0, "augment": False, "image_variant": "whole",
-            "classes": ["non_covid", "covid"]}
+    data = checked_data({"image_size": 32, "batch_size": 8, "seed": 0, "augment": False, "image_variant": "whole",
+                        "classes": ["non_covid", "covid"]}, CT_DATA_DEFAULTS)
     evaluation = {"n_bootstrap": 20}
     predictions, fold_metrics = train_test_folds(folds, model, training, data, evaluation, {"fresh_process": False})
     assert sorted(predictions["image_id"]) == sorted(table["image_id"])
@@ -445,7 +450,7 @@ def test_each_fold_reports_the_seed_that_validation_kept(monkeypatch):
         return None, {"loss": [1.0, 0.5]}, pd.concat(tables, ignore_index=True)
 
     monkeypatch.setattr(ct_nodes, "train_over_seeds", fake_train_over_seeds)
-    data = {"image_size": 32, "batch_size": 8, "seed": 42, "image_variant": "whole", "classes": classes}
+    data = checked_data({"image_size": 32, "batch_size": 8, "seed": 42, "image_variant": "whole", "classes": classes}, CT_DATA_DEFAULTS)
     predictions, metrics = train_test_folds(folds, {"builder": "simple_cnn"}, {}, data, {"n_bootstrap": 20},
                                             {"fresh_process": False})
     # seed 43 is kept (validation 1.0 against 0.0): its test predictions are all wrong

@@ -253,7 +253,7 @@ def _relabelled(inputs: pd.DataFrame, data: dict[str, Any]) -> pd.DataFrame:
     """The table with manifest labels mapped to the model's classes by ``data.class_groups``
     (``{class: [manifest labels]}``, e.g. ``pneumonia: [bacterial, viral, pneumonia]``);
     the manifest label stays in ``manifest_label``. Without groups, labels are classes."""
-    groups = data.get("class_groups") or {}
+    groups = data["class_groups"] or {}
     unknown = sorted(set(groups) - set(data["classes"]))
     if unknown:
         raise ValueError(f"data.class_groups names {unknown}, which are not in data.classes {data['classes']}")
@@ -270,7 +270,7 @@ def _relabelled(inputs: pd.DataFrame, data: dict[str, Any]) -> pd.DataFrame:
 def _rows(inputs: pd.DataFrame, data: dict[str, Any], split: str) -> pd.DataFrame:
     inputs = _relabelled(inputs, data)
     rows = inputs[(inputs["split"] == split) & inputs["label"].isin(data["classes"])]
-    if split == "train" and data.get("undersample", True):  # false: every training image (class_weight instead)
+    if split == "train" and data["undersample"]:  # false: every training image (class_weight instead)
         rows = rows[rows["in_training_sample"].astype(str).str.lower() == "true"]
     if rows.empty:
         raise ValueError(f"No {split} images of classes {data['classes']}")
@@ -279,7 +279,7 @@ def _rows(inputs: pd.DataFrame, data: dict[str, Any], split: str) -> pd.DataFram
 
 def _variant(rows: pd.DataFrame, data: dict[str, Any]) -> str:
     """The image variant a model uses: its own setting, or the table's default for ``auto``."""
-    variant = data.get("image_variant", "auto")
+    variant = data["image_variant"]
     return str(rows["default_variant"].iloc[0]) if variant == "auto" else variant
 
 
@@ -295,7 +295,7 @@ def _dataset(rows: pd.DataFrame, data: dict[str, Any], training: bool):
     labels = _labels(rows, data)
     return make_classification_dataset(
         _image_paths(rows, data), labels, image_size=int(data["image_size"]), batch_size=int(data["batch_size"]),
-        shuffle=training, seed=int(data["seed"]), augment=training and bool(data.get("augment", True)),
+        shuffle=training, seed=int(data["seed"]), augment=training and bool(data["augment"]),
     )
 
 
@@ -365,7 +365,7 @@ def train_classification_model(
     With ``data.cross_validation: true`` it first runs k-fold cross-validation (the
     reference HRNet protocol); the per-fold scores join the history (MLflow step = fold).
     """
-    cv_scores = cross_validate(inputs, model_params, training, data) if data.get("cross_validation") else {}
+    cv_scores = cross_validate(inputs, model_params, training, data) if data["cross_validation"] else {}
     seed_everything(int(data["seed"]))
     train, validation = _rows(inputs, data, "train"), _rows(inputs, data, "validation")
     model = _build(model_params, data, training)
@@ -508,7 +508,11 @@ def plot_learning_curves(training_history: dict[str, list[float]]) -> Figure:
 
 
 def checked_data(data: dict[str, Any], defaults: dict[str, Any] = CLASSIFICATION_DATA_DEFAULTS) -> dict[str, Any]:
-    """A classifier's data block over ``defaults``: unknown keys (typos) fail with their name."""
+    """A classifier's data block over ``defaults``: unknown keys (typos) fail with their name.
+
+    The head node of every classifier template (``check_data`` for X-rays, the CT
+    ``model_data``): the nodes downstream read every key of its output, no defaults of
+    their own."""
     data = merge_params(defaults, data, where="data")
     missing = [key for key in ("image_size", "classes") if data[key] is None]
     if missing:
@@ -575,8 +579,8 @@ def train_over_seeds(
 ) -> tuple[keras.Model, dict[str, list[float]], pd.DataFrame]:
     """:func:`train_classification_model` over ``evaluation.n_seeds`` seeds; the model is
     the seed with the highest validation balanced accuracy (``select_seed: validation``) or
-    the first seed's (``first``). Also returns every seed's validation and test probabilities."""
-    data = checked_data(data)
+    the first seed's (``first``). Also returns every seed's validation and test probabilities.
+    ``data`` is the checked block (:func:`checked_data`, the template's ``check_data`` node)."""
     return _train_over_seeds(lambda seeded: train_classification_model(inputs, model_params, training, seeded),
                              inputs, data, evaluation)
 
@@ -587,7 +591,6 @@ def transfer_over_seeds(
 ) -> tuple[keras.Model, dict[str, list[float]], pd.DataFrame]:
     """:func:`transfer_and_fine_tune` over seeds, as :func:`train_over_seeds`; every seed
     restarts from the same ``source_model``."""
-    data = checked_data(data)
     return _train_over_seeds(
         lambda seeded: transfer_and_fine_tune(inputs, source_model, model_params, training, seeded),
         inputs, data, evaluation,

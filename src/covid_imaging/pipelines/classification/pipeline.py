@@ -29,6 +29,7 @@ from covid_imaging.pipelines.classification.nodes import (
     ModalityGuarded,
     audit_shortcuts,
     build_classification_inputs,
+    checked_data,
     compare_classifiers,
     compare_paired,
     evaluate_classifier,
@@ -55,7 +56,7 @@ if _REGISTRY.lung_segmentation_model is None:
 LUNG_SEGMENTATION_MODEL: str = _REGISTRY.lung_segmentation_model
 
 
-def _evaluation_nodes(modality: str, lung_masks: bool = True, data: str = "params:data") -> list:
+def _evaluation_nodes(modality: str, lung_masks: bool = True, data: str = "data") -> list:
     if lung_masks:
         gradcam = node(
             ModalityGuarded(explain_with_gradcam, modality),
@@ -82,7 +83,7 @@ def _evaluation_nodes(modality: str, lung_masks: bool = True, data: str = "param
 
 
 def model_template(
-    source_model: str | None, modality: str = MODALITY, lung_masks: bool = True, data: str = "params:data"
+    source_model: str | None, modality: str = MODALITY, lung_masks: bool = True, data: str = "data"
 ) -> Pipeline:
     """Train (from scratch, two-phase, or by transfer) over ``evaluation.n_seeds`` seeds,
     keeping the seed chosen on the validation split → learning curves, evaluate → Grad-CAM,
@@ -91,8 +92,8 @@ def model_template(
 
     The one per-model template of every classifier family: ``lung_masks=False`` for
     images without lung masks (CT: Grad-CAM without the lung share); ``data`` names the
-    data settings the nodes read (``params:data``, or a node output such as the CT
-    pipeline's effective settings).
+    checked data settings the nodes read, the output of the family's head node
+    (:func:`xray_model_template`'s ``check_data``, the CT pipeline's ``model_data``).
     """
     outputs = ["model", "training_history", "seed_predictions"]
     if source_model is None:
@@ -113,6 +114,13 @@ def model_template(
                  name="summarise_seeds")
     curves = node(plot_learning_curves, "training_history", "learning_curves", name="plot_learning_curves")
     return pipeline([train, curves, *_evaluation_nodes(modality, lung_masks, data), seeds])
+
+
+def xray_model_template(source_model: str | None, modality: str = MODALITY) -> Pipeline:
+    """The model's ``data`` block checked over the defaults (typos fail before training) →
+    :func:`model_template` on the checked settings (persisted: ``data_settings.json``)."""
+    check = node(checked_data, "params:data", "data", name="check_data")
+    return pipeline([check]) + model_template(source_model, modality, data="data")
 
 
 def _specs(models: Iterable[str] | None) -> list[ModelSpec]:
@@ -159,7 +167,7 @@ def create_pipeline(
                 raise RegistryError(f"{spec.namespace} transfers from {spec.transfer_from}, which is not selected")
             inputs["source_model"] = f"{NAMESPACE_ROOT}.{spec.transfer_from}.model"
         per_model.append(
-            pipeline(model_template(spec.transfer_from, spec.modality), namespace=spec.namespace, inputs=inputs)
+            pipeline(xray_model_template(spec.transfer_from, spec.modality), namespace=spec.namespace, inputs=inputs)
         )
     summary_inputs = {}
     for spec in specs:
@@ -173,7 +181,7 @@ def create_pipeline(
                 node(update_wrapper(partial(compare_paired, model=spec.name, baseline=baseline.name), compare_paired),
                      [f"{spec.namespace}.predictions", f"{baseline.namespace}.predictions",
                       f"{spec.namespace}.seed_predictions", f"{baseline.namespace}.seed_predictions",
-                      "classification_inputs", f"params:{spec.namespace}.data", f"params:{spec.namespace}.evaluation"],
+                      "classification_inputs", f"{spec.namespace}.data", f"params:{spec.namespace}.evaluation"],
                      f"paired_comparison_{spec.name}", name=f"compare_paired_{spec.name}")
             )
     audits = [(audited, audit) for audited, audit in _REGISTRY.shortcut_audits(FAMILY)
@@ -185,7 +193,7 @@ def create_pipeline(
         summary_nodes.append(
             node(audit_shortcuts,
                  [f"{audited.namespace}.test_metrics", f"{audit.namespace}.test_metrics",
-                  "params:shortcut_audit", f"params:{audited.namespace}.data"],
+                  "params:shortcut_audit", f"{audited.namespace}.data"],
                  output, name="audit_shortcuts" if index == 0 else f"audit_shortcuts_{audited.name}")
         )
     return masking + sum(per_model, Pipeline([])) + pipeline(summary_nodes)
