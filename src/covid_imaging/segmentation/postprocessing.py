@@ -6,6 +6,7 @@ Steps (each can be switched off with ``enabled: false``)::
                                         union -> dilation -> closing -> fill holes
     local threshold (adaptive)        /
         -> area filter (drop small connected components) -> keep the N largest
+        -> shape repair (convex hull of a lung with a bite out of it; off by default)
 
 Pixel sizes (local block size, morphology iterations, minimum area) are given
 at ``reference_size`` x ``reference_size`` and scaled to the map actually
@@ -71,6 +72,10 @@ DEFAULT_POSTPROCESSING_PARAMS: dict[str, Any] = {
     "fill_holes": {"enabled": True},
     "area_filter": {"enabled": True, "min_area_px": 5000},
     "keep_largest": {"enabled": True, "count": 2},
+    # A lung whose area is under min_solidity x its convex hull's gets the hull filled in:
+    # a consolidation the model leaves out bites into the outline, while annotated lungs
+    # are 0.77-0.99 of their hull (median 0.92, the 900 lungs of the shared masks).
+    "shape_repair": {"enabled": False, "min_solidity": 0.75},
 }
 
 # The values of the reference implementation, for comparison runs.
@@ -216,6 +221,22 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return (padded[1:-1, 1:-1] != 2).astype(np.uint8)
 
 
+def repair_concave_components(mask: np.ndarray, min_solidity: float) -> np.ndarray:
+    """``mask`` with the convex hull of every 8-connected component whose solidity (area /
+    convex hull area) is below ``min_solidity`` filled in; other components unchanged."""
+    mask = (mask > 0).astype(np.uint8)
+    n_labels, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    repaired = mask.copy()
+    for label in range(1, n_labels):
+        contours, _ = cv2.findContours((labels == label).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        hull = cv2.convexHull(np.vstack(contours))
+        # contourArea counts the hull polygon's area, slightly less than its filled pixels.
+        hull_area = cv2.contourArea(hull)
+        if hull_area > 0 and stats[label, cv2.CC_STAT_AREA] / hull_area < min_solidity:
+            cv2.fillPoly(repaired, [hull], 1)
+    return repaired
+
+
 def postprocess_probability_map(
     probability_map: np.ndarray, params: Mapping[str, Any] | None = None
 ) -> np.ndarray:
@@ -262,4 +283,6 @@ def postprocess_probability_map(
         mask = remove_small_components(mask, min_area)
     if p["keep_largest"]["enabled"]:
         mask = keep_largest_components(mask, int(p["keep_largest"]["count"]))
+    if p["shape_repair"]["enabled"]:
+        mask = repair_concave_components(mask, float(p["shape_repair"]["min_solidity"]))
     return mask.astype(np.uint8)
