@@ -131,6 +131,21 @@ def test_closing_bridges_a_gap_and_hole_filling_fills_a_hole() -> None:
     assert filled[50, 50] == 1 and filled[20, 19] == 0
 
 
+def test_shape_repair_fills_the_hull_of_a_bitten_lung_only() -> None:
+    # Left: a 30x20 lung with a 14x12 bite out of its outer side (solidity 0.72);
+    # right: a whole 30x20 lung (solidity 1.0), which stays as it is.
+    probability = _rectangles((64, 64), [(10, 4, 30, 20), (10, 36, 30, 20)])
+    probability[18:32, 4:16] = 0.0
+    base = {**STEPS_OFF, "reference_size": 64, "local_threshold": {"enabled": False}}
+    plain = postprocess_probability_map(probability, base)
+    repaired = postprocess_probability_map(probability, {**base, "shape_repair": {"enabled": True, "min_solidity": 0.8}})
+    assert plain[25, 8] == 0 and repaired[25, 8] == 1  # the bite is filled in
+    np.testing.assert_array_equal(repaired[:, 32:], plain[:, 32:])
+    np.testing.assert_array_equal(repaired, _rectangles((64, 64), [(10, 4, 30, 20), (10, 36, 30, 20)]) > 0)
+    lenient = postprocess_probability_map(probability, {**base, "shape_repair": {"enabled": True, "min_solidity": 0.7}})
+    np.testing.assert_array_equal(lenient, plain)  # 0.72 is above this threshold
+
+
 def test_dilation_grows_each_side_by_one_pixel_per_iteration() -> None:
     probability = _rectangles((64, 64), [(20, 20, 10, 10)])
     params = {

@@ -6,7 +6,7 @@ Steps (each can be switched off with ``enabled: false``)::
                                         union -> dilation -> closing -> fill holes
     local threshold (adaptive)        /
         -> area filter (drop small connected components) -> keep the N largest
-        -> shape repair (convex hull of a lung with a bite out of it; off by default)
+        -> shape repair (convex hull of a lung with a bite out of it)
 
 Pixel sizes (local block size, morphology iterations, minimum area) are given
 at ``reference_size`` x ``reference_size`` and scaled to the map actually
@@ -74,7 +74,9 @@ DEFAULT_POSTPROCESSING_PARAMS: dict[str, Any] = {
     "keep_largest": {"enabled": True, "count": 2},
     # A lung whose area is under min_solidity x its convex hull's gets the hull filled in:
     # a consolidation the model leaves out bites into the outline, while annotated lungs
-    # are 0.77-0.99 of their hull (median 0.92, the 900 lungs of the shared masks).
+    # are 0.77-0.99 of their hull (median 0.92, the 900 lungs of the shared masks). Off
+    # unless a block turns it on: the segmentation models' block does (chosen on the
+    # validation split, conf/base/parameters/segmentation.yml); lung_masking's does not.
     "shape_repair": {"enabled": False, "min_solidity": 0.75},
 }
 
