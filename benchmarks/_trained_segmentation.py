@@ -45,3 +45,20 @@ def paired_interval(
     rng = np.random.default_rng(seed)
     means = [difference[indices].mean() for indices in cluster_bootstrap_indices(groups, n_bootstrap, rng)]
     return percentile_interval(np.array(means))
+
+
+def dice_line(name: str, table, reference=None, groups=None) -> tuple[str, Any]:
+    """One printed line for a scored variant (``score_images``' table): mean and minimum
+    native-size Dice, per source, and with a ``reference`` (the Dice series of the plain
+    variant, by image id) the paired difference with its bootstrap 95 % interval
+    (``groups``: the patient of each image id). Returns the line and this variant's Dice."""
+    dice = table.set_index("image_id")["dice_native_post"]
+    per_source = table.groupby("source")["dice_native_post"].mean()
+    line = (f"{name}: Dice {dice.mean():.4f} (min {dice.min():.3f}); "
+            + ", ".join(f"{source} {value:.4f}" for source, value in per_source.items()))
+    if reference is not None:
+        difference = (dice - reference).to_numpy()
+        low, high = paired_interval(difference, None if groups is None else groups.loc[dice.index].to_numpy())
+        line += (f"; paired difference {difference.mean():+.4f} [{low:+.4f}, {high:+.4f}], "
+                 f"better on {int((difference > 0).sum())}, worse on {int((difference < 0).sum())} of {len(difference)}")
+    return line, dice

@@ -20,7 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
-from _trained_segmentation import load_trained_segmentation, paired_interval
+from _trained_segmentation import dice_line, load_trained_segmentation
 
 from covid_imaging.segmentation._params import merge_params
 from covid_imaging.segmentation.inference import opacity_transform, score_images
@@ -55,18 +55,8 @@ def main() -> None:
                                           where="postprocessing")
             table, _ = score_images(model, rows, block["data"], postprocessing, preprocessing, raw_files,
                                     transform=transform)
-            dice = table.set_index("image_id")["dice_native_post"]
-            per_source = table.groupby("source")["dice_native_post"].mean()
-            line = (f"{condition} | {name}: Dice {dice.mean():.4f} (min {dice.min():.3f}); "
-                    + ", ".join(f"{source} {value:.4f}" for source, value in per_source.items()))
-            if configured is None:
-                configured = dice
-            else:
-                difference = (dice - configured).to_numpy()
-                low, high = paired_interval(difference, groups.loc[dice.index].to_numpy())
-                line += (f"; paired difference {difference.mean():+.4f} [{low:+.4f}, {high:+.4f}], "
-                         f"better on {int((difference > 0).sum())}, worse on {int((difference < 0).sum())} "
-                         f"of {len(difference)}")
+            line, dice = dice_line(f"{condition} | {name}", table, configured, groups)
+            configured = dice if configured is None else configured
             print(line, flush=True)
     print(f"validation split: {len(rows)} images of {rows['group_id'].nunique()} patients (the unit the CIs resample)")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from _trained_segmentation import load_trained_segmentation, paired_interval
+from _trained_segmentation import dice_line, load_trained_segmentation
 
 from covid_imaging.segmentation.inference import score_images
 
@@ -104,17 +104,8 @@ def main() -> None:
     for name, transforms in {"plain model": ["id"], **VARIANTS}.items():
         table, _ = score_images(Averaged(model, transforms), rows, block["data"], block["postprocessing"],
                                 preprocessing, raw_files)
-        dice = table.set_index("image_id")["dice_native_post"]
-        per_source = table.groupby("source")["dice_native_post"].mean()
-        line = (f"{name}: Dice {dice.mean():.4f} (min {dice.min():.3f}); "
-                + ", ".join(f"{source} {value:.4f}" for source, value in per_source.items()))
-        if plain is None:
-            plain = dice
-        else:
-            difference = (dice - plain).to_numpy()
-            low, high = paired_interval(difference, rows.set_index("image_id").loc[dice.index, "group_id"].to_numpy())
-            line += (f"; paired difference {difference.mean():+.4f} [{low:+.4f}, {high:+.4f}], "
-                     f"better on {int((difference > 0).sum())} of {len(difference)}")
+        line, dice = dice_line(name, table, plain, rows.set_index("image_id")["group_id"])
+        plain = dice if plain is None else plain
         print(line, flush=True)
     print(f"validation split: {len(rows)} images of {rows['group_id'].nunique()} patients (the unit the CIs resample)")
 
