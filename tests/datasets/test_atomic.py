@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from covid_imaging.datasets.atomic_csv import AtomicCSVDataset
+from covid_imaging.datasets.atomic_json import AtomicJSONDataset, AtomicMatplotlibDataset
 from covid_imaging.datasets.bytes_dataset import BytesDataset
 
 
@@ -29,6 +30,78 @@ def test_failed_save_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatch
         dataset.save(pd.DataFrame({"x": list(range(1000))}))
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["report.csv"]
+
+
+def test_failed_json_save_keeps_the_old_metrics_and_leaves_no_temp(tmp_path, monkeypatch):
+    path = tmp_path / "test_metrics.json"
+    dataset = AtomicJSONDataset(filepath=str(path))
+    dataset.save({"dice": 0.95, "per_source": {"shenzhen": 0.96}})
+    assert dataset.load() == {"dice": 0.95, "per_source": {"shenzhen": 0.96}}
+    before = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("covid_imaging.datasets.atomic.os.replace", crash)
+    with pytest.raises(Exception, match="disk full"):
+        dataset.save({"dice": 0.5})
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["test_metrics.json"]
+
+
+def test_figures_are_written_whole_and_one_file_per_named_figure(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = {}
+    for name in ("roc.png", "confusion.png"):
+        figure, axis = plt.subplots()
+        axis.plot([0, 1], [0, 1])
+        figures[name] = figure
+    AtomicMatplotlibDataset(filepath=str(tmp_path / "plots")).save(figures)
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["confusion.png", "roc.png"]
+    assert (tmp_path / "plots" / "roc.png").read_bytes().startswith(b"\x89PNG")
+
+    single = tmp_path / "curves.png"
+    AtomicMatplotlibDataset(filepath=str(single)).save(plt.subplots()[0])
+    before = single.read_bytes()
+    monkeypatch.setattr("covid_imaging.datasets.atomic.os.replace", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(Exception, match="disk full"):
+        AtomicMatplotlibDataset(filepath=str(single)).save(plt.subplots()[0])
+    assert single.read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_every_file_output_of_the_catalog_is_written_atomically():
+    """Each catalog entry that writes local files uses a write-then-rename dataset."""
+    from kedro.config import OmegaConfigLoader
+
+    from covid_imaging.settings import CONFIG_LOADER_ARGS
+    from tests.conftest import PROJECT_ROOT
+
+    atomic_types = {
+        "covid_imaging.datasets.atomic_csv.AtomicCSVDataset",
+        "covid_imaging.datasets.atomic_json.AtomicJSONDataset",
+        "covid_imaging.datasets.atomic_json.AtomicMatplotlibDataset",
+        "covid_imaging.datasets.bytes_dataset.BytesDataset",
+        "covid_imaging.datasets.swapped_partitions.SwappedPartitionedDataset",  # swapped in whole
+        "covid_imaging.datasets.run_folder.RunFolderDataset",  # renamed into place whole
+        "covid_imaging.inference.models.ModelStoreDataset",  # reads trained models only
+        "tensorflow.TensorFlowModelDataset",  # versioned: each save is a new version folder
+    }
+    loader = OmegaConfigLoader(str(PROJECT_ROOT / "conf"), **CONFIG_LOADER_ARGS)
+    not_atomic = {}
+    for name, entry in loader["catalog"].items():
+        if not isinstance(entry, dict) or "type" not in entry or name.startswith("_"):
+            continue
+        kind = entry["type"]
+        if kind == "partitions.PartitionedDataset":
+            kind = entry["dataset"]["type"] if isinstance(entry["dataset"], dict) else entry["dataset"]
+        if kind not in atomic_types:
+            not_atomic[name] = kind
+    assert not not_atomic
 
 
 def test_bytes_dataset_round_trip_and_missing_file_message(tmp_path):

@@ -299,18 +299,18 @@ def test_catalog_resolves_every_ct_dataset():
     loader = OmegaConfigLoader(str(PROJECT_ROOT / "conf"), **CONFIG_LOADER_ARGS)
     catalog = DataCatalog.from_config(loader["catalog"])
     expected = {
-        "model": "TensorFlowModelDataset", "metrics_report": "AtomicCSVDataset", "test_metrics": "JSONDataset",
-        "gradcam_overlays": "MatplotlibDataset", "activation_maps": "MatplotlibDataset",
-        "input_metrics": "JSONDataset", "data": "JSONDataset", "predictions": "AtomicCSVDataset",
+        "model": "TensorFlowModelDataset", "metrics_report": "AtomicCSVDataset", "test_metrics": "AtomicJSONDataset",
+        "gradcam_overlays": "AtomicMatplotlibDataset", "activation_maps": "AtomicMatplotlibDataset",
+        "input_metrics": "AtomicJSONDataset", "data": "AtomicJSONDataset", "predictions": "AtomicCSVDataset",
     }
     for output, kind in expected.items():
         assert type(catalog[f"ct_classification.basic_cnn.{output}"]).__name__ == kind
     assert "ct_classification_comparison.csv" in str(catalog["ct_classification_comparison"]._describe()["filepath"])
     assert "06_models/synthetic_demo/ct_classification/vgg16.keras" in str(catalog["ct_classification.vgg16.model"]._describe()["filepath"])
     cv_expected = {
-        "data": "JSONDataset", "fold_predictions": "AtomicCSVDataset", "predictions": "AtomicCSVDataset",
-        "metrics_report": "AtomicCSVDataset", "test_metrics": "JSONDataset", "fold_metrics": "JSONDataset",
-        "input_metrics": "JSONDataset", "confusion_matrix": "MatplotlibDataset", "roc_curves": "MatplotlibDataset",
+        "data": "AtomicJSONDataset", "fold_predictions": "AtomicCSVDataset", "predictions": "AtomicCSVDataset",
+        "metrics_report": "AtomicCSVDataset", "test_metrics": "AtomicJSONDataset", "fold_metrics": "AtomicJSONDataset",
+        "input_metrics": "AtomicJSONDataset", "confusion_matrix": "AtomicMatplotlibDataset", "roc_curves": "AtomicMatplotlibDataset",
     }
     for output, kind in cv_expected.items():
         dataset = catalog[f"ct_classification_cv.basic_cnn.{output}"]
