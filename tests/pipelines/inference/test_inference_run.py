@@ -95,10 +95,13 @@ def test_external_evaluation_paired_folders(inference_project, tmp_path):
         write_png(source / "images" / f"p{index}.png", image)
         write_png(source / "masks" / f"p{index}.png", mask)
         truths[f"images/p{index}"] = mask > 0
+    # p0 and p1 are films of one patient: the classification bootstrap must resample 2 patients
+    (source / "patients.csv").write_text("path,patientid\nimages/p0.png,A\nimages/p1.png,A\nimages/p2.png,B\n")
     run_kedro(inference_project, "inference", params={
         **TINY_PARAMS, "inference.source": str(source), "inference.output": str(output),
         "inference.layout": "paired_folders", "inference.label": "covid", "inference.source_name": "hospital_x",
         "inference.versions": {"segmentation.unet": OLD_VERSION}, "inference.evaluation": {"n_bootstrap": 20},
+        "inference.ingestion": {"patient_metadata": {"file": "patients.csv"}},
     })
     run = _run_folder(output)
     per_image = pd.read_csv(run / "external_segmentation_per_image.csv").set_index("image_id")
@@ -125,6 +128,7 @@ def test_external_evaluation_paired_folders(inference_project, tmp_path):
     macro = classification[(classification["scope"] == "overall") & (classification["class"] == "macro")]
     assert macro.set_index("metric").loc["accuracy", "value"] == pytest.approx(accuracy)
     assert set(classification["scope"]) == {"overall", "hospital_x"}
+    assert set(macro["n_clusters"]) == {2}  # patients, not the 3 films
 
 
 def test_ct_slices_go_to_ct_classifiers_only(inference_project, tmp_path):

@@ -215,8 +215,10 @@ class SpooledRun:
         if "dice_native" in rows.columns:
             self.scored.append(rows.loc[rows["dice_native"].notna(), ["image_id", "source", "dice_native", "iou_native"]])
         self.labelled += [
+            # group_id: ingestion's patient (patient_metadata, else the file-name rules),
+            # which the external metrics' bootstrap resamples
             ImageResult(row={"label": r.row.get("label"), "source": r.row.get("source", ""),
-                             "image_key": r.row["image_key"]},  # the file name groups films by patient
+                             "image_key": r.row["image_key"], "group_id": r.row.get("group_id", "")},
                         probabilities=r.probabilities)
             for r in results if r.probabilities and str(r.row.get("label")) in self._classes
         ]
