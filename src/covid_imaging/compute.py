@@ -209,8 +209,10 @@ def inside_dask_worker() -> bool:
 def _executor(config: ComputeConfig) -> tuple[Executor, bool, int]:
     """``(executor, owned, parallelism)``; owned executors are shut down after the map.
 
-    Inside a Dask worker the map uses that worker's threads: the worker already is the
-    cluster's unit of work, and a LocalCluster cannot start inside it.
+    Inside a Dask worker the map runs on the local backend, in that worker's process
+    (``compute.n_workers`` threads or processes; default every core the process may
+    use): the worker already is the cluster's unit of work, and a LocalCluster cannot
+    start inside it.
     """
     if config.uses_dask and not inside_dask_worker():
         client = dask_client(config)
