@@ -17,7 +17,8 @@ def main(*args, **kwargs) -> Any:
     if sys.argv[1:2] == ["predict"] and not args:
         from covid_imaging.predict import predict  # noqa: PLC0415 - only this subcommand needs it
 
-        return predict(sys.argv[2:])
+        predict(sys.argv[2:])  # raises SystemExit when no run folder was written
+        return 0  # the console script exits with main()'s value: 0 is success
     configure_project(package_name)
 
     interactive = hasattr(sys, 'ps1')

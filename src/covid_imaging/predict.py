@@ -50,26 +50,39 @@ def _runtime_params(arguments: argparse.Namespace) -> dict[str, Any]:
     return nested
 
 
-def _latest_run(out_dir: str) -> Path | None:
-    folder = Path(out_dir)
-    runs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) if folder.is_dir() else []
-    return runs[-1] if runs else None
+def _run_folders(out_dir: Path) -> set[Path]:
+    return {p for p in out_dir.iterdir() if p.is_dir() and not p.name.startswith(".")} if out_dir.is_dir() else set()
 
 
-def predict(argv: list[str] | None = None) -> Path | None:
-    """Run the inference pipeline as the command line asks; returns the run folder."""
+def _from_here(path: str, must_exist: bool) -> str:
+    """A relative local path taken from the current folder, not the project's (the run
+    starts in the project folder). A relative IN_DIR that is not a folder here is left
+    as given: a container prefix under ``--env=azure``, or a path in the project."""
+    if "://" in path or Path(path).is_absolute() or (must_exist and not Path(path).is_dir()):
+        return path
+    return str(Path(path).resolve())
+
+
+def predict(argv: list[str] | None = None) -> Path:
+    """Run the inference pipeline as the command line asks; returns the run folder it wrote."""
     from kedro.framework.project import configure_project  # noqa: PLC0415
     from kedro.framework.session import KedroSession  # noqa: PLC0415
     from kedro.framework.startup import bootstrap_project  # noqa: PLC0415
 
     arguments = _parser().parse_args(argv)
+    arguments.in_dir = _from_here(arguments.in_dir, must_exist=True)
+    arguments.out_dir = _from_here(arguments.out_dir, must_exist=False)
     project = Path(arguments.project).resolve()
     if not (project / "pyproject.toml").is_file() or not (project / "conf").is_dir():
         raise SystemExit(f"{project} is not the covid-imaging project folder (no pyproject.toml and conf/); use --project")
+    out_dir = Path(arguments.out_dir)
+    before = _run_folders(out_dir)
     configure_project("covid_imaging")
     bootstrap_project(project)
     with KedroSession.create(project_path=project, env=arguments.env, runtime_params=_runtime_params(arguments)) as session:
         session.run(pipeline_names=["inference"])
-    run = _latest_run(str(Path(arguments.out_dir) if Path(arguments.out_dir).is_absolute() else project / arguments.out_dir))
-    print(run if run is not None else f"no run folder under {arguments.out_dir}")
-    return run
+    new = sorted(_run_folders(out_dir) - before)  # this run's folder, not an older or foreign one
+    if len(new) != 1:
+        raise SystemExit(f"expected one new run folder under {out_dir}, found {[p.name for p in new]}")
+    print(new[0])
+    return new[0]

@@ -116,10 +116,15 @@ class ModelStore:
 
 
 class ModelStoreDataset(AbstractDataset[None, ModelStore]):
-    """Catalog entry for the trained models' location; ``load()`` gives a :class:`ModelStore`."""
+    """Catalog entry for the trained models' location; ``load()`` gives a :class:`ModelStore`.
 
-    def __init__(self, filepath_pattern: str, metadata: dict[str, Any] | None = None) -> None:
-        self._pattern = filepath_pattern
+    ``filepath`` is the pattern (``{namespace_root}``, ``{name}``): under that key Kedro
+    makes a relative path absolute under the project, as for the training entries that
+    write the models, so a run started from another folder finds them.
+    """
+
+    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None) -> None:
+        self._pattern = filepath
         self.metadata = metadata
 
     def load(self) -> ModelStore:
@@ -129,4 +134,4 @@ class ModelStoreDataset(AbstractDataset[None, ModelStore]):
         raise DatasetError("ModelStoreDataset is read-only: models are written by the training pipelines")
 
     def _describe(self) -> dict[str, Any]:
-        return {"filepath_pattern": self._pattern}
+        return {"filepath": self._pattern}

@@ -11,13 +11,23 @@ from tests.inference.helpers import OLD_VERSION, write_images
 pytestmark = pytest.mark.slow
 
 
-def test_predict_command(inference_project, tmp_path, capsys):
-    source, output = tmp_path / "in", tmp_path / "out"
-    sizes = write_images(source)
-    run = predict([str(source), str(output), "--project", str(inference_project), "--classifiers", "",
-                   "--params", f"preprocessing.resize.size=64,inference.versions.segmentation.unet={OLD_VERSION}"])
-    assert capsys.readouterr().out.strip().endswith(run.name)
-    assert run.parent == output
+def test_predict_command(inference_project, tmp_path, capsys, monkeypatch):
+    """The console script from another folder: relative IN_DIR / OUT_DIR are the user's,
+    the models are found in the project, the new run folder is printed, and it exits 0."""
+    import sys
+    from pathlib import Path
+
+    from covid_imaging.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    sizes = write_images(tmp_path / "in")
+    (tmp_path / "out" / "zzz").mkdir(parents=True)  # a folder that is not this run's
+    monkeypatch.setattr(sys, "argv", [
+        "covid-imaging", "predict", "in", "out", "--project", str(inference_project), "--classifiers", "",
+        "--params", f"preprocessing.resize.size=64,inference.versions.segmentation.unet={OLD_VERSION}"])
+    assert main() == 0
+    run = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert run.parent == tmp_path / "out" and run.name != "zzz"
     predictions = pd.read_csv(run / "predictions.csv")
     assert sorted(predictions["image_id"]) == sorted(sizes)
     assert not any(column.startswith("simple_cnn") for column in predictions.columns)
