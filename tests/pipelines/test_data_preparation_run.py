@@ -52,4 +52,4 @@ def test_slice_of_shared_data(kedro_project, shared_data, tmp_path):
     rejected = pd.read_csv(kedro_project / "data/08_reporting/raw/rejected_files.csv")
     assert rejected["file"].tolist() == [f"{raw}/{broken}"]
     ieee = manifest[manifest["source"].str.startswith("ieee8023")]
-    assert ieee["group_id"].str.contains(":patient").all()
+    assert ieee["group_id"].str.startswith("patient:").all()

@@ -48,7 +48,16 @@ def test_numbered_ct_slices_group_by_runs_and_metadata_wins():
     )
     groups = assign_group_ids(candidates, {"cls/ieee8023__fig1.png": "320"})
     assert groups.iloc[0] == groups.iloc[1] == groups.iloc[2] != groups.iloc[3]
-    assert groups.iloc[4] == "ieee8023:patient320"
+    assert groups.iloc[4] == "patient:320"
+
+
+def test_one_patient_is_one_group_across_sources():
+    """ieee8023 patients have images in two manifest sources (ieee8023, ieee8023_v7): the
+    metadata's patient id is one id space, so both images are one group (no leakage)."""
+    candidates = pd.DataFrame({"image_key": ["cls/a.png", "seg/b.png", "seg/c.png"],
+                               "source": ["ieee8023", "ieee8023_v7", "ieee8023_v7"]})
+    groups = assign_group_ids(candidates, {"cls/a.png": "318", "seg/b.png": "318", "seg/c.png": "319"})
+    assert groups.iloc[0] == groups.iloc[1] != groups.iloc[2]
 
 
 # ---------------------------------------------------------------- SARS-CoV-2 CT slices

@@ -48,7 +48,7 @@ def test_metadata_site_column_gives_each_image_its_site_and_the_source_where_unk
     sites = manifest.set_index("image_key")["site"].to_dict()
     assert sites == {"images/x0.png": "Padova, Italy", "images/x1.png": "Padova, Italy",
                      "images/x2.png": "v7", "images/x3.png": "v7"}
-    assert manifest.set_index("image_key")["group_id"]["images/x0.png"] == "v7:patient1"
+    assert manifest.set_index("image_key")["group_id"]["images/x0.png"] == "patient:1"
     with pytest.raises(IngestionError, match=r"meta.csv: missing column\(s\) \['hospital'\]"):
         build_manifest(raw_files(tmp_path), {**params, "patient_metadata": {"file": "meta.csv", "site_column": "hospital"}})
     unconfigured, _ = build_manifest(raw_files(tmp_path), {**params, "patient_metadata": {"file": "meta.csv"}})

@@ -110,3 +110,26 @@ def test_rotations_test_every_group_once_and_rotation_zero_is_the_split():
         assert set(current.loc[current["split"] == "validation", "image_id"]) == set(
             following.loc[following["split"] == "test", "image_id"])
         assert (current.groupby("group_id")["split"].nunique() == 1).all()
+
+
+def test_no_patient_of_the_shared_data_is_in_two_splits(shared_data):
+    """Every ieee8023 patient of the metadata file (images in the manifest sources ieee8023
+    and ieee8023_v7) sits in one split, with the shipped split settings."""
+    import yaml
+
+    from covid_imaging.pipelines.ingestion.groups import assign_group_ids
+    from covid_imaging.pipelines.splits.nodes import make_splits
+    from tests.conftest import PROJECT_ROOT
+
+    manifest = pd.read_csv(shared_data / "manifest.csv", keep_default_na=False, dtype=str)
+    metadata = pd.read_csv(shared_data / "ieee8023_subset_metadata.csv", keep_default_na=False, dtype=str)
+    patients = dict(zip(metadata["path"], metadata["patientid"], strict=True))
+    table = manifest.rename(columns={"path": "image_key"}).assign(image_id=lambda t: t["image_key"])
+    table["group_id"] = assign_group_ids(table, patients)
+    params = yaml.safe_load((PROJECT_ROOT / "conf/base/parameters/splits.yml").read_text())["splits"]
+    splits = make_splits(table, params).set_index("image_id")["split"]
+    per_patient = pd.DataFrame({"patient": table["image_key"].map(patients), "split": splits[table["image_id"]].to_numpy()})
+    per_patient = per_patient.dropna(subset=["patient"])
+    assert per_patient["patient"].nunique() > 100
+    crossing = per_patient.groupby("patient")["split"].nunique()
+    assert not (crossing > 1).any(), list(crossing[crossing > 1].index)

@@ -117,7 +117,8 @@ def sarscov2_slice(stem: str) -> tuple[str, int] | None:
 def assign_group_ids(candidates: pd.DataFrame, patient_ids: dict[str, str] | None = None) -> pd.Series:
     """Group id for every row: metadata patient id when known, else the file-name rule.
 
-    ``patient_ids`` maps image keys to patient ids (e.g. from the ieee8023 metadata).
+    ``patient_ids`` maps image keys to patient ids (e.g. from the ieee8023 metadata); the
+    group is ``patient:<id>`` whatever the row's source, so one patient is one group.
     Number-named files (``<n>`` or ``<n>_<k>``) are grouped by runs of consecutive ``n``
     within the same source and folder (the non-COVID CT convention). SARS-CoV-2 CT slices
     (``Covid_<n>``, ``Non-Covid_<n>``) are grouped by linked runs per source and class
@@ -127,7 +128,9 @@ def assign_group_ids(candidates: pd.DataFrame, patient_ids: dict[str, str] | Non
     groups = []
     for row in candidates.itertuples(index=False):
         if row.image_key in patient_ids and str(patient_ids[row.image_key]).strip():
-            groups.append(f"{row.source}:patient{patient_ids[row.image_key]}")
+            # One id space for the whole metadata file, not per source: an ieee8023 patient
+            # has images in several manifest sources (ieee8023 and ieee8023_v7).
+            groups.append(f"patient:{str(patient_ids[row.image_key]).strip()}")
         else:
             groups.append(group_from_file_name(row.image_key, row.source))
     group_series = pd.Series(groups, index=candidates.index, dtype=str)
