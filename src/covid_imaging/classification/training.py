@@ -22,6 +22,7 @@ from covid_imaging.classification.transfer import (
     unfreeze_last_n,
 )
 from covid_imaging.training.core import fit_model, resolve_training_params
+from covid_imaging.training.inputs import resize_to_model_input
 
 History = dict[str, list[float]]
 
@@ -203,8 +204,7 @@ def make_augmentation(
 def _load_image(path: tf.Tensor, image_size: int, channels: int) -> tf.Tensor:
     raw = tf.io.read_file(path)
     image = tf.io.decode_image(raw, channels=channels, dtype=tf.uint8, expand_animations=False)
-    image = tf.image.resize(tf.cast(image, tf.float32), (image_size, image_size), antialias=True)
-    return tf.clip_by_value(image / 255.0, 0.0, 1.0)
+    return resize_to_model_input(image, image_size)
 
 
 def make_classification_dataset(

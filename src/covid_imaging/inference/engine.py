@@ -42,6 +42,7 @@ from covid_imaging.segmentation._params import merge_params
 from covid_imaging.segmentation.conventions import DEFAULT_HEAD, head_index, model_conventions
 from covid_imaging.segmentation.inference import load_native_mask, native_lung_mask
 from covid_imaging.segmentation.metrics import dice_score, iou_score
+from covid_imaging.training.inputs import resize_to_model_input
 
 logger = logging.getLogger(__name__)
 
@@ -195,10 +196,7 @@ def image_variant(model: LoadedModel, lung_masking: Mapping[str, Any]) -> str:
 def classifier_input(image: np.ndarray, size: int, channels: int) -> np.ndarray:
     """As the classifiers' training input (``classification.training._load_image``): an
     anti-aliased bilinear resize of the 8-bit PNG to ``size``, scaled to [0, 1]."""
-    import tensorflow as tf  # noqa: PLC0415
-
-    resized = tf.image.resize(tf.constant(image[..., None], tf.float32), (size, size), antialias=True).numpy()
-    resized = np.clip(resized / 255.0, 0.0, 1.0)
+    resized = resize_to_model_input(image[..., None], size).numpy()
     return np.repeat(resized, channels, axis=-1) if channels > 1 else resized
 
 
@@ -282,11 +280,8 @@ def _model_size(model: Any) -> tuple[int, int]:
 def _segment(inputs: pd.DataFrame, images: np.ndarray, model: LoadedModel) -> np.ndarray:
     """``(N, H, W, heads)`` probability maps of the (cxr) rows ``inputs`` from their preprocessed ``images``."""
     size, _ = _model_size(model.model)
-    batch = np.stack([
-        cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA) if image.shape[0] != size else image
-        for image in images
-    ]).astype(np.float32) / 255.0
-    return np.asarray(model.model.predict_on_batch(batch[..., None]), dtype=np.float32)
+    batch = np.stack([resize_to_model_input(image[..., None], size).numpy() for image in images])  # as trained
+    return np.asarray(model.model.predict_on_batch(batch), dtype=np.float32)
 
 
 def _classify(inputs: pd.DataFrame, images: np.ndarray, model: LoadedModel) -> np.ndarray:

@@ -19,6 +19,7 @@ from covid_imaging.segmentation.augmentation import (
     resolve_augmentation_params,
 )
 from covid_imaging.segmentation.conventions import IGNORED
+from covid_imaging.training.inputs import resize_to_model_input
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Masks are stored as {0, 255}; anything above the midpoint is lung.
@@ -33,9 +34,7 @@ def _as_path_strings(paths: Sequence[str | os.PathLike]) -> list[str]:
 def load_image(path: tf.Tensor, image_size: int) -> tf.Tensor:
     """Read a PNG as gray, resize it bilinearly to ``image_size`` and scale to ``[0, 1]``."""
     image = tf.io.decode_png(tf.io.read_file(path), channels=1, dtype=tf.uint8)
-    # Anti-aliasing matters when shrinking 512 px X-rays to a small network input.
-    image = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=True)
-    return tf.clip_by_value(image / 255.0, 0.0, 1.0)
+    return resize_to_model_input(image, image_size)
 
 
 def load_mask(path: tf.Tensor, image_size: int) -> tf.Tensor:

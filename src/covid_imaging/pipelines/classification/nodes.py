@@ -51,6 +51,7 @@ from covid_imaging.registry import (
 from covid_imaging.segmentation.conventions import DEFAULT_HEAD
 from covid_imaging.segmentation.plots import plot_training_curves
 from covid_imaging.training import as_float32, device_settings, seed_everything, training_device
+from covid_imaging.training.inputs import resize_to_model_input
 
 matplotlib.use("Agg")
 logger = logging.getLogger(__name__)
@@ -160,8 +161,8 @@ def _predict_lung_masks(
         for start in range(0, len(image_ids), batch_size):
             batch_ids = image_ids[start : start + batch_size]
             grays = [decode_gray(preprocessed_images[f"images/{image_id}"]()) for image_id in batch_ids]
-            batch = np.stack([cv2.resize(g, (size, size), interpolation=cv2.INTER_AREA) for g in grays])
-            output = np.asarray(segmentation_model.predict_on_batch(batch[..., None] / 255.0))
+            batch = resize_to_model_input(np.stack(grays)[..., None], size)  # as the model was trained
+            output = np.asarray(segmentation_model.predict_on_batch(batch))
             probabilities = output[..., DEFAULT_HEAD]  # the default mask-convention head
             for gray, probability_map in zip(grays, probabilities, strict=True):
                 yield gray.shape, probability_map
@@ -461,10 +462,10 @@ def explain_with_gradcam(
     test = _rows(inputs, data, "test")
     sample = test.groupby("label", sort=True).head(int(gradcam["per_class"]))
     images = np.stack([
-        cv2.resize(cv2.imread(path, cv2.IMREAD_GRAYSCALE), (int(data["image_size"]),) * 2, interpolation=cv2.INTER_AREA)
+        resize_to_model_input(cv2.imread(path, cv2.IMREAD_GRAYSCALE)[..., None], int(data["image_size"])).numpy()
         for path in _image_paths(sample, data)
-    ]).astype(np.float32) / 255.0
-    heatmaps = grad_cam(model, images[..., None])
+    ])  # as the classifier was trained
+    heatmaps = grad_cam(model, images)
     all_zero = [not bool(np.any(np.asarray(heatmap) > 0)) for heatmap in heatmaps]
     shares: list[float] = []
     if lung_masked_images is not None:

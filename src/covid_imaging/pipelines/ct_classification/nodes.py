@@ -35,6 +35,7 @@ from covid_imaging.pipelines.classification.nodes import (
 )
 from covid_imaging.pipelines.splits.nodes import split_rows, undersample_training_split
 from covid_imaging.registry import MODALITY_COLUMN, check_modality, with_modality
+from covid_imaging.training.inputs import resize_to_model_input
 
 logger = logging.getLogger(__name__)
 
@@ -279,10 +280,10 @@ def layer_activation_maps(
     test = _rows(inputs, data, "test")
     sample = test.groupby("label", sort=True).head(int(params.get("per_class", 1)))
     size = int(data["image_size"])
-    images = np.stack([
-        cv2.resize(cv2.imread(path, cv2.IMREAD_GRAYSCALE), (size, size), interpolation=cv2.INTER_AREA)
+    images = np.stack([  # as the model was trained
+        resize_to_model_input(cv2.imread(path, cv2.IMREAD_GRAYSCALE)[..., None], size).numpy()
         for path in _image_paths(sample, data)
-    ]).astype(np.float32)[..., None] / 255.0
+    ])
     layers = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D | keras.layers.MaxPooling2D)]
     if not layers:
         raise ValueError(f"{model.name} has no convolution or pooling layer to show")
