@@ -130,6 +130,26 @@ def test_a_convention_the_model_has_no_head_for_is_refused():
         InferenceEngine(InferenceModels(LoadedModel(spec, _two_head_lung_model(), "v")), settings)
 
 
+def test_lung_crops_only_from_the_network_the_classifier_was_trained_with():
+    """A lung-crop classifier with another segmentation model than lung_masking's, or a
+    mask convention without a segmentation model, is refused before any image is read."""
+    from covid_imaging.inference.engine import InferenceEngine, InferenceModels, InferenceSettings
+    from tests.inference.helpers import threshold_model, tiny_classifier
+
+    registry = load_registry()
+    classifier = LoadedModel(registry.get("cxr_classification", "simple_cnn_scratch"), tiny_classifier(3), "v")
+    settings = InferenceSettings(preprocessing={}, segmentation_postprocessing={}, lung_masking={"enabled": True})
+    fcn = LoadedModel(registry.get("segmentation", "fcn"), threshold_model(), "v")
+    with pytest.raises(ValueError, match=r"masked by 'unet' \(lung_masking.segmentation_model\), but "
+                                         r"inference.segmentation_model is 'fcn'"):
+        InferenceEngine(InferenceModels(fcn, (classifier,)), settings)
+    unet = LoadedModel(registry.get("segmentation", "unet"), threshold_model(), "v")
+    InferenceEngine(InferenceModels(unet, (classifier,)), settings)  # the network it was trained with
+    with pytest.raises(ValueError, match="inference.mask_convention is set but inference.segmentation_model is null"):
+        InferenceEngine(InferenceModels(None, ()), InferenceSettings(
+            preprocessing={}, segmentation_postprocessing={}, lung_masking={}, mask_convention="v7"))
+
+
 def _engine_on_files(tmp_path, compute):
     """An engine with a segmentation model and a lung-crop classifier, and loaders of
     files on disk (picklable, as the catalog's are) including one corrupt file."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -48,7 +49,8 @@ def _report() -> str:
     })
     gray = np.tile(np.arange(64, dtype=np.uint8)[None] * 4, (64, 1))
     thumbnails = {i: thumbnail_data_uri(np.dstack([gray] * 3), 32) for i in predictions["image_id"]}
-    rejected = pd.DataFrame({"file": ["new/broken.png"], "reason": ["truncated PNG"]})
+    rejected = pd.DataFrame({"file": ["new/broken.png", "new/wide.png"], "reason": ["truncated PNG", "aspect ratio 6.0"],
+                             "severity": ["error", "warning"]})
     chunks = [(predictions.iloc[:2], thumbnails), (predictions.iloc[2:], thumbnails)]  # written batch by batch
     return "".join(report_pieces(
         chunks, list(predictions.columns), len(predictions), {"segmentation.unet": "2026-02-01T00.00.00.000Z"},
@@ -62,6 +64,10 @@ def test_the_report_needs_nothing_from_the_network():
     html = _report()
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
     assert "2026-02-01T00.00.00.000Z" in html and "truncated PNG" in html
+    summary = json.loads(re.search(r"data-summary='([^']*)'", html).group(1).replace("&quot;", '"'))
+    assert summary == {"images": 3, "rejected": 1, "warnings": 1}  # a warned image was used, not rejected
+    assert "1 files not used" in html
+    assert html.index("aspect ratio 6.0") > html.index('id="warnings"')
 
 
 def test_the_report_in_headless_chromium(tmp_path):

@@ -37,7 +37,7 @@ from covid_imaging.compute import ComputeConfig, ordered_map
 from covid_imaging.imaging.io import decode_image, pixel_budget, to_gray_uint8
 from covid_imaging.imaging.preprocessing import PreprocessingConfig, preprocess_gray
 from covid_imaging.inference.models import LoadedModel
-from covid_imaging.registry import modalities
+from covid_imaging.registry import load_registry, modalities
 from covid_imaging.segmentation._params import merge_params
 from covid_imaging.segmentation.conventions import DEFAULT_HEAD, head_index, model_conventions
 from covid_imaging.segmentation.inference import load_native_mask, native_lung_mask
@@ -315,16 +315,26 @@ class InferenceEngine:
                              for m in models.classifiers]
         needs_lung_crop = any(variant != "whole" for _, _, variant in self._classifiers)
         self._heads = model_conventions(models.segmentation.model) if models.segmentation else ()
+        if settings.mask_convention and models.segmentation is None:
+            raise ValueError("inference.mask_convention is set but inference.segmentation_model is null: no masks to draw")
         if settings.mask_convention and settings.mask_convention not in self._heads:
             raise ValueError(
                 f"inference.mask_convention: {models.segmentation.namespace} has no {settings.mask_convention!r} "
                 f"head; its mask convention heads are {list(self._heads)}"
             )
+        lung_model = load_registry().lung_segmentation_model
         for model, _, variant in self._classifiers:
             if variant != "whole" and models.segmentation is None:
                 raise ValueError(
                     f"{model.namespace} was trained on {variant!r} images, which need lung masks: set "
                     "inference.segmentation_model"
+                )
+            if variant != "whole" and models.segmentation.spec.name != lung_model:
+                # its crops would come from another network than the one it was trained on
+                raise ValueError(
+                    f"{model.namespace} was trained on {variant!r} images masked by {lung_model!r} "
+                    f"(lung_masking.segmentation_model), but inference.segmentation_model is "
+                    f"{models.segmentation.spec.name!r}: set inference.segmentation_model={lung_model}"
                 )
         self._post = SegmentationPost(
             namespace=models.segmentation.namespace if models.segmentation else "",

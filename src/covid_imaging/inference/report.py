@@ -138,11 +138,14 @@ def report_pieces(
         for ns, counts in class_counts.items()
     )
     qc_rows = "".join(f'<tr><td>{html.escape(flag)}</td><td data-count="{n}">{n}</td></tr>' for flag, n in qc_counts.items())
-    rejected_rows = "".join(
-        f"<tr><td>{html.escape(str(r['file']))}</td><td>{html.escape(str(r['reason']))}</td></tr>"
-        for r in rejected.to_dict("records")
+    # Ingestion's warning rows (e.g. an extreme aspect ratio) are images that were used.
+    is_warning = rejected["severity"].eq("warning") if "severity" in rejected.columns else pd.Series(False, rejected.index)
+    rejected_rows, warning_rows = (
+        "".join(f"<tr><td>{html.escape(str(r['file']))}</td><td>{html.escape(str(r['reason']))}</td></tr>"
+                for r in rows.to_dict("records"))
+        for rows in (rejected[~is_warning], rejected[is_warning])
     )
-    summary = {"images": int(n_images), "rejected": int(len(rejected))}
+    summary = {"images": int(n_images), "rejected": int((~is_warning).sum()), "warnings": int(is_warning.sum())}
     yield f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{_STYLE}</style></head>
@@ -159,6 +162,7 @@ def report_pieces(
         yield _image_rows(predictions, thumbnails, columns)
     yield f"""</tbody></table></section>
 <section><h2>Files not used</h2><table id="rejected"><tr><th>file</th><th>reason</th></tr>{rejected_rows}</table></section>
+<section><h2>Files used, with a warning</h2><table id="warnings"><tr><th>file</th><th>warning</th></tr>{warning_rows}</table></section>
 <script>{_SCRIPT}</script>
 </body></html>
 """
