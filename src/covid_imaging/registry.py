@@ -114,6 +114,15 @@ class ModelSpec:
     transfer_from: str | None = None
     audit_of: str | None = None
     compare_with: str | None = None
+    # (manifest label, class) pairs of data.class_groups, e.g. (bacterial, pneumonia)
+    grouped_labels: tuple[tuple[str, str], ...] = ()
+
+    def class_of(self, label: str) -> str | None:
+        """The class a manifest label counts as (itself, or its ``data.class_groups`` class); None if none."""
+        grouped = dict(self.grouped_labels)
+        if label in grouped:
+            return grouped[label]
+        return label if label in self.classes else None
 
     @property
     def namespace(self) -> str:
@@ -127,6 +136,21 @@ class ModelSpec:
     @property
     def purpose(self) -> str:
         return FAMILIES[self.family].purpose
+
+
+def label_classes(classes: Any, class_groups: Any) -> dict[str, str]:
+    """``{manifest label: class}`` of ``data.class_groups`` (``{class: [labels]}``); each
+    label in one class only, and every grouped class one of ``classes``."""
+    groups = class_groups or {}
+    unknown = sorted(set(groups) - set(classes))
+    if unknown:
+        raise ValueError(f"data.class_groups names {unknown}, which are not in data.classes {list(classes)}")
+    mapping: dict[str, str] = {}
+    for name, members in groups.items():
+        for member in members:
+            if mapping.setdefault(member, name) != name:
+                raise ValueError(f"data.class_groups puts label {member!r} in both {mapping[member]!r} and {name!r}")
+    return mapping
 
 
 # ----------------------------------------------------------------------- modality
@@ -262,7 +286,12 @@ def _spec(family: Family, name: str, block: Any) -> ModelSpec:
     compare_with = model.get("compare_with")
     if compare_with is not None:
         _identity(compare_with, f"{where}.model.compare_with", str)
-    return ModelSpec(family.name, name, builder, input_size, classes, variant, transfer_from, audit_of, compare_with)
+    try:
+        grouped = tuple(label_classes(classes, data.get("class_groups")).items())
+    except ValueError as error:
+        raise RegistryError(f"{where}: {error}") from None
+    return ModelSpec(family.name, name, builder, input_size, classes, variant, transfer_from, audit_of, compare_with,
+                     grouped)
 
 
 class Registry:

@@ -65,11 +65,12 @@ def external_classification_table(
     ``patient_metadata`` file where one is configured, else the file-name rules)."""
     tables = []
     for model in models.classifiers:
-        classes = list(model.spec.classes)
-        scored = [r for r in results if model.namespace in r.probabilities and str(r.row.get("label")) in classes]
+        classes = list(model.spec.classes)  # a label counts as its data.class_groups class, as in training
+        scored = [r for r in results
+                  if model.namespace in r.probabilities and model.spec.class_of(str(r.row.get("label"))) is not None]
         if not scored:
             continue
-        y_true = np.array([classes.index(str(r.row["label"])) for r in scored])
+        y_true = np.array([classes.index(model.spec.class_of(str(r.row["label"]))) for r in scored])
         y_prob = np.stack([r.probabilities[model.namespace] for r in scored])
         sources = [str(r.row.get("source", "")) for r in scored]
         table = classification_report_table(

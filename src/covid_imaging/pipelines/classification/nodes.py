@@ -45,6 +45,7 @@ from covid_imaging.registry import (
     MODALITIES,
     ModalityError,
     check_modality,
+    label_classes,
     modality_of_task,
     with_modality,
 )
@@ -254,15 +255,7 @@ def _relabelled(inputs: pd.DataFrame, data: dict[str, Any]) -> pd.DataFrame:
     """The table with manifest labels mapped to the model's classes by ``data.class_groups``
     (``{class: [manifest labels]}``, e.g. ``pneumonia: [bacterial, viral, pneumonia]``);
     the manifest label stays in ``manifest_label``. Without groups, labels are classes."""
-    groups = data["class_groups"] or {}
-    unknown = sorted(set(groups) - set(data["classes"]))
-    if unknown:
-        raise ValueError(f"data.class_groups names {unknown}, which are not in data.classes {data['classes']}")
-    mapping: dict[str, str] = {}
-    for name, members in groups.items():
-        for member in members:
-            if mapping.setdefault(member, name) != name:
-                raise ValueError(f"data.class_groups puts label {member!r} in both {mapping[member]!r} and {name!r}")
+    mapping = label_classes(data["classes"], data["class_groups"])
     if not mapping:
         return inputs
     return inputs.assign(manifest_label=inputs["label"], label=inputs["label"].map(lambda label: mapping.get(label, label)))

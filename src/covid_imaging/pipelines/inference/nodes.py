@@ -184,7 +184,7 @@ class SpooledRun:
         self.flagged = Counter(qc_counts(pd.DataFrame()))
         self.scored: list[pd.DataFrame] = []  # image_id, source, Dice and IoU of images with a mask
         self.labelled: list[ImageResult] = []  # label, source, file and probabilities of labelled images
-        self._classes = {str(c) for model in models.classifiers for c in model.spec.classes}
+        self._classifiers = models.classifiers
         self.spool = tempfile.mkdtemp(prefix="covid-imaging-inference-")
         self._cleanup = weakref.finalize(self, shutil.rmtree, self.spool, True)
 
@@ -220,8 +220,12 @@ class SpooledRun:
             ImageResult(row={"label": r.row.get("label"), "source": r.row.get("source", ""),
                              "image_key": r.row["image_key"], "group_id": r.row.get("group_id", "")},
                         probabilities=r.probabilities)
-            for r in results if r.probabilities and str(r.row.get("label")) in self._classes
+            for r in results if r.probabilities and self._labelled(str(r.row.get("label")))
         ]
+
+    def _labelled(self, label: str) -> bool:
+        """A label that some classifier scores (one of its classes, or grouped into one)."""
+        return any(model.spec.class_of(label) is not None for model in self._classifiers)
 
     def _chunk_path(self, index: int) -> str:
         return os.path.join(self.spool, f"{index:06d}.pickle")
