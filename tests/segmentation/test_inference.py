@@ -43,3 +43,17 @@ def test_a_perfect_prediction_scores_one_at_native_size_only_through_the_right_g
     # undoing the wrong geometry misplaces the lungs: the native score must show it
     assert squashed.loc[0, "dice_native_post"] < padded.loc[0, "dice_native_post"] - 0.1
     assert padded.loc[0, "dice_post"] > 0.95  # at model size nothing had to be undone
+
+
+def test_a_mask_of_zeros_and_ones_is_the_lung_at_native_size():
+    """Ingestion accepts 0/1 masks (8- or 16-bit): native-size scoring must see their lung."""
+    from covid_imaging.segmentation.inference import load_native_mask
+
+    mask = np.zeros((40, 60), np.uint8)
+    mask[10:30, 5:25] = 1
+    for stored in (mask, mask.astype(np.uint16)):
+        ok, png = cv2.imencode(".png", stored)
+        assert ok
+        loaded = load_native_mask(lambda png=png: png.tobytes(), 40, 60)
+        assert loaded.sum() == 400 and loaded[10:30, 5:25].all()
+    assert load_native_mask(lambda: encode_png(mask * 255), 80, 120).sum() == 1600  # resized to the image

@@ -18,7 +18,7 @@ import pandas as pd
 import tensorflow as tf
 
 from covid_imaging.compute import ComputeConfig, ordered_map
-from covid_imaging.imaging.io import binary_mask, decode_image, to_gray_uint8
+from covid_imaging.imaging.io import decode_image, to_gray_uint8
 from covid_imaging.imaging.preprocessing import restore_native_size
 from covid_imaging.progress import log_progress
 from covid_imaging.segmentation.augmentation import OPACITY_KINDS, paste_opacity
@@ -109,7 +109,9 @@ def load_native_mask(load: Callable[[], bytes], height: int, width: int) -> np.n
     mask = to_gray_uint8(decode_image(load()))
     if mask.shape != (height, width):
         mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
-    return binary_mask(mask)
+    # Ingestion accepts masks of 0 and 1 or 0 and full scale only: any non-zero value is
+    # inside, as when the training masks are made (imaging.preprocessing.resize_mask).
+    return mask > 0
 
 
 def _score_one(

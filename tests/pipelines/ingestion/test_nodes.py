@@ -148,3 +148,15 @@ def test_masks_with_values_0_and_1_are_binary(tmp_path):
     write_png(tmp_path / "masks" / "a.png", (lung_mask() > 0).astype(np.uint8))
     _, rejected = build_manifest(raw_files(tmp_path), params(tmp_path, layout="paired_folders"))
     assert rejected.empty
+
+
+def test_an_image_with_a_warning_is_still_checked_for_duplicates(tmp_path):
+    """Two identical very wide films under two names: the second is an exact duplicate,
+    even though both also carry the aspect-ratio warning (else one film is two patients)."""
+    wide = chest_like_image((60, 400), seed=3)
+    write_png(tmp_path / "covid" / "a.png", wide)
+    write_png(tmp_path / "covid" / "b.png", wide)
+    manifest, rejected = build_manifest(raw_files(tmp_path), params(tmp_path, layout="class_folders", task="classification"))
+    assert manifest["image_key"].tolist() == ["covid/a.png"]
+    errors = rejected[rejected["severity"] == "error"]
+    assert errors["reason"].tolist() == ["exact duplicate (same SHA-256) of covid/a.png"]

@@ -549,7 +549,9 @@ def build_manifest(
         config = ComputeConfig.from_params(compute) if compute is not None else None
         for checked in _checked_in_order(candidates.to_dict("records"), usable, params, config):
             row = checked.row
-            if not checked.problems and row["content_hash"] in first_key_by_hash:
+            # content_hash is missing only when decoding failed; a warning (e.g. an extreme
+            # aspect ratio) must not exempt a file from the duplicate check
+            if row.get("content_hash") in first_key_by_hash:
                 checked.problems.append(
                     Problem(row["image_key"], f"exact duplicate (same SHA-256) of {first_key_by_hash[row['content_hash']]}")
                 )
