@@ -133,3 +133,10 @@ def test_no_patient_of_the_shared_data_is_in_two_splits(shared_data):
     assert per_patient["patient"].nunique() > 100
     crossing = per_patient.groupby("patient")["split"].nunique()
     assert not (crossing > 1).any(), list(crossing[crossing > 1].index)
+
+
+def test_too_few_groups_for_a_training_split_is_a_clear_error():
+    table = pd.DataFrame({"image_id": [f"i{k}" for k in range(20)], "task": "classification",
+                          "label": ["a", "b"] * 10, "source": "s", "group_id": "one_run"})
+    with pytest.raises(ValueError, match=r"the 1 patient/scan group\(s\) of 20 images leave no training images"):
+        make_splits(table, {"test_fraction": 0.1, "validation_fraction": 0.2})

@@ -79,6 +79,13 @@ def split_rows(table: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
     if rotation:
         bins = (bins - rotation * test_bins) % n_bins
     split = np.where(bins < test_bins, "test", np.where(bins < test_bins + validation_bins, "validation", "train"))
+    if not (split == "train").any():
+        # e.g. every image in one group (files named 1.png, 2.png ... are chained into runs)
+        raise ValueError(
+            f"splits: the {table['group_id'].nunique()} patient/scan group(s) of {len(table)} images leave no "
+            f"training images with {n_bins} bins (test {test_bins}, validation {validation_bins}); give patient "
+            "ids (ingestion.patient_metadata) or more patients"
+        )
     result = table.assign(split=split)
 
     # k-fold cross-validation over everything that is not test (the test split stays untouched).
