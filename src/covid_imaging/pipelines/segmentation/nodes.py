@@ -134,8 +134,13 @@ def select_segmentation_images(model_input_table: pd.DataFrame, params: dict[str
 
 
 def _split_rows(table: pd.DataFrame, split: str, limit: int | None = None) -> pd.DataFrame:
+    """The split's rows; with ``limit``, the first images of every source in turn, so a
+    cap keeps each source (and its mask convention's head) in proportion."""
     rows = table[table["split"] == split]
-    return rows.head(limit) if limit else rows
+    if not limit or limit >= len(rows):
+        return rows
+    share = rows.groupby("source").cumcount() / rows.groupby("source")["source"].transform("size")
+    return rows.loc[share.sort_values(kind="stable").index[:limit]].sort_index()
 
 
 
