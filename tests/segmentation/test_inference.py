@@ -57,3 +57,18 @@ def test_a_mask_of_zeros_and_ones_is_the_lung_at_native_size():
         loaded = load_native_mask(lambda png=png: png.tobytes(), 40, 60)
         assert loaded.sum() == 400 and loaded[10:30, 5:25].all()
     assert load_native_mask(lambda: encode_png(mask * 255), 80, 120).sum() == 1600  # resized to the image
+
+
+def test_native_masks_use_the_preprocessing_defaults_for_what_is_not_given():
+    """A preprocessing block without resize.mode pads (the preprocessing default), so the
+    native mask is restored the way the input was made, not squashed."""
+    from covid_imaging.segmentation.inference import native_lung_mask
+
+    probability = np.zeros((64, 64), np.float32)
+    probability[20:44, 10:54] = 1.0
+    post = {"local_threshold": {"enabled": False}}
+    default, _ = native_lung_mask(probability, 50, 100, {"resize": {"size": 64}}, post)
+    padded, _ = native_lung_mask(probability, 50, 100, {"resize": {"size": 64, "mode": "pad"}}, post)
+    stretched, _ = native_lung_mask(probability, 50, 100, {"resize": {"size": 64, "mode": "stretch"}}, post)
+    np.testing.assert_array_equal(default, padded)
+    assert not np.array_equal(default, stretched)

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from covid_imaging.compute import ComputeConfig, ordered_map
 from covid_imaging.imaging.io import decode_image, to_gray_uint8
-from covid_imaging.imaging.preprocessing import restore_native_size
+from covid_imaging.imaging.preprocessing import PreprocessingConfig, restore_native_size
 from covid_imaging.progress import log_progress
 from covid_imaging.segmentation.augmentation import OPACITY_KINDS, paste_opacity
 from covid_imaging.segmentation.conventions import (
@@ -94,10 +94,9 @@ def native_lung_mask(
     postprocessing_params: Mapping[str, Any],
 ) -> tuple[np.ndarray, np.ndarray]:
     """The probability map at the image's own ``height`` x ``width`` and its post-processed mask."""
-    resize = preprocessing_params.get("resize", {})
-    native_map = restore_native_size(
-        probability_map, int(height), int(width), str(resize.get("mode", "stretch")), int(resize.get("size", 256))
-    )
+    # The same resize settings (and defaults) as the preprocessing that made the input.
+    config = PreprocessingConfig.from_params(dict(preprocessing_params))
+    native_map = restore_native_size(probability_map, int(height), int(width), config.resize_mode, config.image_size)
     native_map = np.clip(native_map, 0.0, 1.0)
     return native_map, postprocess_probability_map(native_map, postprocessing_params)
 
