@@ -212,3 +212,13 @@ def test_cross_source_pipeline_on_a_slice_of_shared_data(kedro_project, shared_d
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list", order_by=["start_time DESC"])
     latest = next(run for run in runs if run.info.run_name == "segmentation_cross_source.robust")
     assert "cross_site_dice_native_post_ieee8023_v7" in latest.data.metrics
+
+
+def test_fold_training_overrides_merge_key_by_key():
+    from covid_imaging.pipelines.segmentation_cross_source.nodes import fold_training_params
+
+    merged = fold_training_params({"epochs": 26, "reduce_lr": {"patience": 3}}, {"epochs": 12, "reduce_lr": {"factor": 0.2}})
+    assert merged["epochs"] == 12
+    assert merged["reduce_lr"]["patience"] == 3 and merged["reduce_lr"]["factor"] == 0.2
+    with pytest.raises(ValueError, match=r"segmentation_cross_source.training.reduce_lr.factr"):
+        fold_training_params({}, {"reduce_lr": {"factr": 0.2}})

@@ -26,6 +26,7 @@ from covid_imaging.pipelines.preprocessing.nodes import preprocess_images
 from covid_imaging.pipelines.segmentation.nodes import STRESS_TEST_DEFAULTS, train_segmentation
 from covid_imaging.segmentation._params import merge_params
 from covid_imaging.segmentation.inference import Loaders, opacity_transform, score_images
+from covid_imaging.segmentation.training import resolve_segmentation_params
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,12 @@ def preprocess_variant_images(
     """The segmentation images (and masks) preprocessed as the variant says, written lazily."""
     rows = manifest[manifest["image_id"].isin(set(segmentation_images["image_id"]))]
     return preprocess_images(rows, raw_files, variant_preprocessing(preprocessing_params, params, variant))
+
+
+def fold_training_params(model_training: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The model's (partial) training block completed by the library defaults, then the
+    folds' overrides key by key: ``reduce_lr: {factor: 0.2}`` keeps the model's patience."""
+    return merge_params(resolve_segmentation_params(model_training), overrides, where="segmentation_cross_source.training")
 
 
 def held_out_sources(images: pd.DataFrame, minimum: int) -> list[str]:
@@ -221,9 +228,7 @@ def run_cross_source_folds(
         model_params["augmentation"], recipe["augmentation"], where=f"segmentation_cross_source.variants.{variant}.augmentation"
     )
     data = merge_params(model_params["data"], recipe["data"], where=f"segmentation_cross_source.variants.{variant}.data")
-    # Not merge_params: the model's training block is itself partial (merged over the
-    # library defaults when the model is trained).
-    training = {**model_params["training"], **settings["training"]}
+    training = fold_training_params(model_params["training"], settings["training"])
     stress = merge_params(STRESS_TEST_DEFAULTS, settings["stress_test"], where="segmentation_cross_source.stress_test")
     seeds = training_seeds(settings["seeds"], int(data["seed"]))
     tables = []
