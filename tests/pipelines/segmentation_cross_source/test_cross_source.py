@@ -222,3 +222,16 @@ def test_fold_training_overrides_merge_key_by_key():
     assert merged["reduce_lr"]["patience"] == 3 and merged["reduce_lr"]["factor"] == 0.2
     with pytest.raises(ValueError, match=r"segmentation_cross_source.training.reduce_lr.factr"):
         fold_training_params({}, {"reduce_lr": {"factr": 0.2}})
+
+
+def test_source_folds_can_leave_the_test_split_untested():
+    from covid_imaging.pipelines.segmentation_cross_source.nodes import source_folds
+
+    images = pd.DataFrame({"image_id": [f"i{k}" for k in range(24)], "source": ["a"] * 12 + ["b"] * 12,
+                           "split": ["train", "validation", "test"] * 8, "group_id": [f"p{k}" for k in range(24)]})
+    for fold in source_folds(images, 5, ("train", "validation")):
+        assert set(fold.test["split"]) == {"train", "validation"} and len(fold.test) == 8
+        assert set(fold.train["split"]) == {"train", "validation"}
+    assert all(len(fold.test) == 12 for fold in source_folds(images, 5))
+    with pytest.raises(ValueError, match="source_folds.tested_splits must be a non-empty list"):
+        source_folds(images, 5, ())

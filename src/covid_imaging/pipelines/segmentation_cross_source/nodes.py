@@ -8,8 +8,10 @@ conventions when each source has its own; a site fold (``hold_out: [site]``) kee
 held-out source's convention in training and holds out whole acquisition sites (the
 manifest's ``site``, from ``ingestion.patient_metadata.site_column``). Each *variant* is a training
 recipe (preprocessing and augmentation overrides on top of the main segmentation
-settings), so recipes are compared on the same folds; choices of the main job are made
-on this table and on the stress test, never on a test split.
+settings), so recipes are compared on the same folds. By default a fold scores every
+held-out image, the main job's test-split images of that source included;
+``tested_splits: [train, validation]`` (per fold kind) keeps them out of whatever is
+chosen on these folds.
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ CROSS_SOURCE_DEFAULTS: dict[str, Any] = {
     # Which folds: source (leave one source out) and/or site (within a source, hold out
     # whole acquisition sites: the other sites and the other sources train the model).
     "hold_out": ["source"],
+    # Source folds: which of the held-out source's images are scored ([train, validation]
+    # keeps the main job's test split out of anything chosen on these folds).
+    "source_folds": {"tested_splits": ["train", "validation", "test"]},
     # Site folds: the sources split by site (null: every source with at least
     # min_images_per_source images and n_folds sites), in n_folds folds grouped by site.
     # tested_splits: which of the held-out sites' images are scored ([train, validation]
@@ -115,10 +120,27 @@ def held_out_sources(images: pd.DataFrame, minimum: int) -> list[str]:
     return sorted(str(source) for source, count in counts.items() if count >= minimum)
 
 
-def fold_tables(images: pd.DataFrame, held_out: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(training table, test table) of one fold: train/validation splits of the other sources; all of ``held_out``."""
+SPLITS = ("train", "validation", "test")
+
+
+def checked_tested_splits(tested_splits: Any, where: str) -> tuple[str, ...]:
+    """``tested_splits`` as a tuple; a non-empty list of train, validation, test."""
+    unknown = sorted(set(tested_splits or ()) - set(SPLITS))
+    if not tested_splits or unknown:
+        raise ValueError(f"segmentation_cross_source.{where}.tested_splits must be a non-empty list of "
+                         f"train, validation, test; got {tested_splits!r}")
+    return tuple(tested_splits)
+
+
+def fold_tables(
+    images: pd.DataFrame, held_out: str, tested_splits: tuple[str, ...] = SPLITS
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(training table, test table) of one fold: train/validation splits of the other
+    sources; the images of ``held_out`` in ``tested_splits``."""
+    tested_splits = checked_tested_splits(tested_splits, "source_folds")
     others = images[(images["source"] != held_out) & images["split"].isin(["train", "validation"])]
-    return others.reset_index(drop=True), images[images["source"] == held_out].reset_index(drop=True)
+    tested = images[(images["source"] == held_out) & images["split"].isin(tested_splits)]
+    return others.reset_index(drop=True), tested.reset_index(drop=True)
 
 
 @dataclass(frozen=True)
@@ -132,7 +154,7 @@ class Fold:
     test: pd.DataFrame
 
 
-def source_folds(images: pd.DataFrame, minimum: int) -> list[Fold]:
+def source_folds(images: pd.DataFrame, minimum: int, tested_splits: tuple[str, ...] = SPLITS) -> list[Fold]:
     """One fold per source with at least ``minimum`` images (:func:`fold_tables`)."""
     sources = held_out_sources(images, minimum)
     if len(sources) < 2:
@@ -140,7 +162,7 @@ def source_folds(images: pd.DataFrame, minimum: int) -> list[Fold]:
             f"Cross-source evaluation needs at least two mask sources with >= {minimum} images; "
             f"found {images['source'].value_counts().to_dict()}."
         )
-    return [Fold("source", source, source, *fold_tables(images, source)) for source in sources]
+    return [Fold("source", source, source, *fold_tables(images, source, tested_splits)) for source in sources]
 
 
 def site_folds(
@@ -151,10 +173,7 @@ def site_folds(
     (those in ``tested_splits``) with a model trained on the train/validation splits of the
     other sources and of the source's other sites. A patient is never on both sides (a film
     whose patient is held out is left out of training), and every image is tested once."""
-    unknown = sorted(set(tested_splits) - {"train", "validation", "test"})
-    if not tested_splits or unknown:
-        raise ValueError(f"segmentation_cross_source.site_folds.tested_splits must be a non-empty list of "
-                         f"train, validation, test; got {list(tested_splits)!r}")
+    tested_splits = checked_tested_splits(tested_splits, "site_folds")
     if "site" not in images:
         raise ValueError("segmentation_cross_source.hold_out: site needs the `site` column of model_input_table "
                          "(from the manifest); run `kedro run --pipelines=data_preparation` again, with "
@@ -190,7 +209,8 @@ def cross_folds(images: pd.DataFrame, settings: dict[str, Any]) -> list[Fold]:
         raise ValueError(f"segmentation_cross_source.hold_out must be a non-empty list of {list(HOLD_OUT_KINDS)}; "
                          f"got {kinds!r}")
     minimum = int(settings["min_images_per_source"])
-    folds = source_folds(images, minimum) if "source" in kinds else []
+    folds = (source_folds(images, minimum, tuple(settings["source_folds"]["tested_splits"]))
+             if "source" in kinds else [])
     if "site" in kinds:
         site = settings["site_folds"]
         folds += site_folds(images, site["sources"], int(site["n_folds"]), minimum, tuple(site["tested_splits"]))
