@@ -207,3 +207,38 @@ def test_every_classifier_node_reads_the_checked_data_block_with_every_key_set()
     assert len(readers) == 4 * len(load_registry().names("cxr_classification")) + 3 + 2
     checked = checked_data({"image_size": 64, "classes": ["normal", "covid"]})
     assert set(checked) == set(CLASSIFICATION_DATA_DEFAULTS) and checked["undersample"] is True
+
+
+def test_k_fold_scores_stay_in_the_history_whichever_seed_is_kept(monkeypatch):
+    """The k-fold protocol runs with the first seed only; when validation keeps another
+    seed, its fold scores must still reach training_history.json and MLflow."""
+    from covid_imaging.pipelines.classification import nodes
+
+    classes = ["normal", "covid"]
+    inputs = pd.DataFrame({"image_id": [f"i{k}" for k in range(8)], "label": classes * 4,
+                           "split": ["validation"] * 4 + ["test"] * 4})
+    data = {**CLASSIFICATION_DATA_DEFAULTS, "classes": classes, "cross_validation": True, "seed": 42}
+
+    def train_once(seeded):
+        history = {"loss": [1.0]}
+        if seeded["cross_validation"]:
+            history["cv_fold_val_accuracy"] = [0.6, 0.7]
+        return ("good" if seeded["seed"] == 43 else "bad"), history
+
+    def predict(model, rows, seeded):  # seed 43 gets validation right, seed 42 wrong
+        right = rows["label"].map(classes.index).to_numpy()
+        chosen = right if model == "good" else 1 - right
+        return np.eye(2)[chosen]
+
+    monkeypatch.setattr(nodes, "_predict", predict)
+    model, history, _ = nodes._train_over_seeds(train_once, inputs, data, {"n_seeds": 2})
+    assert model == "good"
+    assert history["cv_fold_val_accuracy"] == [0.6, 0.7]
+
+
+def test_k_fold_is_refused_for_a_transfer_model_rather_than_ignored():
+    from covid_imaging.pipelines.classification.nodes import transfer_and_fine_tune
+
+    data = {**CLASSIFICATION_DATA_DEFAULTS, "classes": ["normal", "covid"], "cross_validation": True}
+    with pytest.raises(ValueError, match="data.cross_validation is not wired for transfer models"):
+        transfer_and_fine_tune(pd.DataFrame(), None, {}, {}, data)

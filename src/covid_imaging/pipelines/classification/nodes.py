@@ -376,6 +376,9 @@ def transfer_and_fine_tune(
 ) -> tuple[keras.Model, dict[str, list[float]]]:
     """Transfer learning (model_2): copy the source model's weights except its head, train
     the new head with the rest frozen, then unfreeze everything and fine-tune at 1e-4."""
+    if data["cross_validation"]:
+        raise ValueError("data.cross_validation is not wired for transfer models (model.strategy: transfer); "
+                         "set it to false for this model")
     seed_everything(int(data["seed"]))
     train, validation = _rows(inputs, data, "train"), _rows(inputs, data, "validation")
     model = _build(model_params, data, training)
@@ -536,12 +539,14 @@ def _train_over_seeds(
     evaluation = _checked_evaluation(evaluation)
     splits = {split: _rows(inputs, data, split) for split in ("validation", "test")}
     selected: tuple[keras.Model, dict[str, list[float]]] | None = None
-    tables = []
+    tables, cv_history = [], {}
     for offset in range(int(evaluation["n_seeds"])):
         seeded = {**data, "seed": int(data["seed"]) + offset}
         if offset:
             seeded["cross_validation"] = False  # the k-fold protocol runs once, with the first seed
         model, history = train_once(seeded)
+        if not offset:  # the k-fold scores belong to the run, whichever seed is kept
+            cv_history = {key: values for key, values in history.items() if key.startswith("cv_fold_")}
         for split, rows in splits.items():
             probabilities = _predict(model, rows, seeded)
             tables.append(rows[["image_id", "label"]].assign(
@@ -555,7 +560,7 @@ def _train_over_seeds(
         if selected_seed(scores, evaluation["select_seed"]) == seeded["seed"]:
             selected = (model, history)
     assert selected is not None
-    return selected[0], selected[1], pd.concat(tables, ignore_index=True)
+    return selected[0], {**selected[1], **cv_history}, pd.concat(tables, ignore_index=True)
 
 
 def _balanced_accuracy(predictions: pd.DataFrame, classes: list[str]) -> float:
