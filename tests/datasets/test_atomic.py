@@ -168,3 +168,20 @@ def test_a_temporary_of_a_live_writer_is_never_removed(tmp_path):
     assert str(os.getpid()) in live.name
     assert remove_orphaned_temporaries(str(tmp_path)) == []
     assert live.exists()
+
+
+def test_labels_and_ids_that_look_like_numbers_stay_text(tmp_path):
+    """Class folders 0/ and 1/ and files 01.png, 1.png: the manifest read back keeps them
+    apart and textual, so splits can join task and label."""
+    from covid_imaging.pipelines.splits.nodes import make_splits
+
+    dataset = AtomicCSVDataset(filepath=str(tmp_path / "manifest.csv"))
+    manifest = pd.DataFrame({"image_id": ["01", "1"] + [str(k) for k in range(2, 40)],
+                             "task": "classification", "label": ["0", "1"] * 20, "source": "s",
+                             "group_id": [f"{k:03d}" for k in range(40)], "width": 64})
+    dataset.save(manifest)
+    loaded = dataset.load()
+    assert loaded["image_id"].tolist()[:2] == ["01", "1"] and loaded["label"].tolist()[:2] == ["0", "1"]
+    assert loaded["width"].dtype.kind == "i"
+    splits = make_splits(loaded, {"test_fraction": 0.1, "validation_fraction": 0.2})
+    assert set(splits["label"]) == {"0", "1"}

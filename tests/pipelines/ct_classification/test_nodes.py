@@ -154,7 +154,7 @@ def test_random_slice_protocol_splits_scans_across_splits():
 
 def test_select_filters_sources_and_rejects_unknown_protocol():
     table = model_input_table()
-    table.loc[table["image_id"].str.startswith("ct1_"), "source"] = "ucsd_covid_ct"
+    table.loc[table["image_id"].str.match(r"ct1?[0-4]_"), "source"] = "ucsd_covid_ct"  # 10 scans: splits need groups
     selected = select_ct_images(table, {"sources": ["ucsd_covid_ct"]}, SPLITS)
     assert set(selected["source"]) == {"ucsd_covid_ct"}
     with pytest.raises(ValueError, match="split_protocol"):
