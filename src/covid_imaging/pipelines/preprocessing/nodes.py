@@ -33,15 +33,28 @@ from covid_imaging.imaging.preprocessing import PreprocessingConfig, preprocess_
 RawFiles = dict[str, Callable[[], bytes]]
 
 
+class PreprocessingError(ValueError):
+    """A file that ingestion accepted cannot be preprocessed (e.g. it changed since)."""
+
+
+def _named(key: str, work: Callable[[], bytes]) -> bytes:
+    try:
+        return work()
+    except Exception as error:  # the file named, whatever the decoder raised
+        raise PreprocessingError(
+            f"{key}: {error} (the file changed since ingestion? run `kedro run --pipelines=data_preparation` again)"
+        ) from error
+
+
 def _preprocess_image_file(load: Callable[[], bytes], config: PreprocessingConfig,
-                           max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
-    return encode_png(preprocess_gray(to_gray_uint8(decode_image(load(), max_pixels)), config))
+                           max_pixels: int = DEFAULT_MAX_PIXELS, key: str = "image") -> bytes:
+    return _named(key, lambda: encode_png(preprocess_gray(to_gray_uint8(decode_image(load(), max_pixels)), config)))
 
 
 def _preprocess_mask_file(load: Callable[[], bytes], config: PreprocessingConfig,
-                          max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
-    mask = to_gray_uint8(decode_image(load(), max_pixels))
-    return encode_png(resize_mask(mask, config.image_size, config.resize_mode))
+                          max_pixels: int = DEFAULT_MAX_PIXELS, key: str = "mask") -> bytes:
+    return _named(key, lambda: encode_png(resize_mask(to_gray_uint8(decode_image(load(), max_pixels)),
+                                                      config.image_size, config.resize_mode)))
 
 
 def _call(task: Callable[[], bytes]) -> bytes:
@@ -60,9 +73,12 @@ def preprocess_images(
     tasks: dict[str, Callable[[], bytes]] = {}
     for row in manifest.itertuples(index=False):
         budget = pixel_budget(getattr(row, "width", None), getattr(row, "height", None))
-        tasks[f"images/{row.image_id}"] = partial(_preprocess_image_file, raw_files[row.image_key], config, budget)
-        if row.mask_key:
-            tasks[f"masks/{row.image_id}"] = partial(_preprocess_mask_file, raw_files[row.mask_key], config, budget)
+        tasks[f"images/{row.image_id}"] = partial(_preprocess_image_file, raw_files[row.image_key], config, budget,
+                                                  row.image_key)
+        if row.mask_key:  # a mask may be larger than its image (same aspect): its own size
+            mask_budget = pixel_budget(getattr(row, "mask_width", None), getattr(row, "mask_height", None))
+            tasks[f"masks/{row.image_id}"] = partial(_preprocess_mask_file, raw_files[row.mask_key], config,
+                                                     mask_budget, row.mask_key)
     return LazyResults(_call, tasks, ComputeConfig.from_params(compute), what="preprocessing (images and masks)")
 
 
