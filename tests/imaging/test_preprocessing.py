@@ -169,3 +169,12 @@ def test_images_accepted_over_the_default_pixel_budget_are_preprocessed():
     with pytest.raises(PreprocessingError, match="^bomb.png: declares 30000×30000") as caught:  # checked before decoding
         outputs["images/bomb"]()
     assert isinstance(caught.value.__cause__, PixelBudgetError)
+
+
+def test_minmax_stretches_a_range_and_keeps_a_constant_image():
+    from covid_imaging.imaging.preprocessing import normalise_minmax
+
+    ramp = np.array([[50, 100], [150, 100]], np.uint8)
+    assert normalise_minmax(ramp).tolist() == [[0, 127], [255, 127]]
+    flat = np.full((8, 8), 128, np.uint8)
+    np.testing.assert_array_equal(normalise_minmax(flat), flat)

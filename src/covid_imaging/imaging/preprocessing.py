@@ -173,6 +173,8 @@ def apply_clahe(gray: np.ndarray, clip_limit: float, tile_grid_size: int) -> np.
 
 def normalise_minmax(gray: np.ndarray) -> np.ndarray:
     """Stretch intensities to the full 0..255 range (a constant image stays unchanged)."""
+    if gray.size and gray.min() == gray.max():  # OpenCV would map it to all zeros
+        return gray.copy()
     return cv2.normalize(gray, None, 0, 255, cv2.NORM_MINMAX)
 
 
