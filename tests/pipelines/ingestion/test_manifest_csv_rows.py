@@ -124,3 +124,10 @@ def test_unknown_ingestion_parameters_fail(tmp_path):
     with pytest.raises(IngestionError, match=r"warnings_as_errors: unknown kind\(s\) \['empty'\]"):
         build_manifest(raw_files(tmp_path), {"raw_location": str(tmp_path), "layout": "paired_folders",
                                              "warnings_as_errors": ["empty"]})
+
+
+def test_line_numbers_count_blank_lines(root):
+    (root / "manifest.csv").write_text("path,label\ncls/a.png,normal\n\ncls/b.png,\n", encoding="utf-8")
+    manifest, rejected = build_manifest(raw_files(root), params(root))
+    assert manifest["image_key"].tolist() == ["cls/a.png"]
+    assert rejected["reason"].tolist() == ["line 4: empty label for cls/b.png"]  # the blank line 3 is skipped

@@ -205,7 +205,8 @@ def read_manifest_csv_layout(
         raise FileNotFoundError(f"manifest CSV '{manifest_file}' not found among the raw files")
     text = _decode_csv_text(load_file(manifest_file), manifest_file)
     try:
-        table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+        # Blank lines kept (and skipped below), so that row k is line k + 2 of the file.
+        table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skip_blank_lines=False)
     except Exception as error:  # pandas raises several types for malformed CSV
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"{manifest_file}: cannot be parsed as CSV ({message})") from None
@@ -215,6 +216,8 @@ def read_manifest_csv_layout(
         raise ValueError(f"{manifest_file}: missing required column(s) {missing}; found {list(table.columns)}")
     rows, problems, first_line_of = [], [], {}
     for line, row in enumerate(table.to_dict("records"), start=2):  # line 1 is the header
+        if not any(str(value).strip() for value in row.values()):
+            continue  # a blank line
 
         def problem(reason: str, image_key: str = "", kind: str = "manifest_row", line: int = line) -> None:
             problems.append(ListingProblem(manifest_file, f"line {line}: {reason}", kind, image_key=image_key))
