@@ -18,6 +18,8 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+import cv2
+import numpy as np
 import pandas as pd
 
 from covid_imaging.compute import ComputeConfig, LazyResults
@@ -51,10 +53,30 @@ def _preprocess_image_file(load: Callable[[], bytes], config: PreprocessingConfi
     return _named(key, lambda: encode_png(preprocess_gray(to_gray_uint8(decode_image(load(), max_pixels)), config)))
 
 
+def _mask_on_image_grid(mask: np.ndarray, image_size: tuple[int, int] | None) -> np.ndarray:
+    """A mask of another size than its image (same aspect, within ingestion's tolerance)
+    first brought to the image's pixel grid, so that padding to a square puts both in the
+    same place (each squared on its own, they could be a few pixels apart)."""
+    if image_size is None or mask.shape == image_size:
+        return mask
+    height, width = image_size
+    return cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+
+
 def _preprocess_mask_file(load: Callable[[], bytes], config: PreprocessingConfig,
-                          max_pixels: int = DEFAULT_MAX_PIXELS, key: str = "mask") -> bytes:
-    return _named(key, lambda: encode_png(resize_mask(to_gray_uint8(decode_image(load(), max_pixels)),
-                                                      config.image_size, config.resize_mode)))
+                          max_pixels: int = DEFAULT_MAX_PIXELS, key: str = "mask",
+                          image_size: tuple[int, int] | None = None) -> bytes:
+    return _named(key, lambda: encode_png(resize_mask(
+        _mask_on_image_grid(to_gray_uint8(decode_image(load(), max_pixels)), image_size),
+        config.image_size, config.resize_mode)))
+
+
+def _image_size(row: Any) -> tuple[int, int] | None:
+    """``(height, width)`` of a manifest row's image, or None where the row has none."""
+    try:
+        return int(row.height), int(row.width)
+    except (AttributeError, TypeError, ValueError):
+        return None
 
 
 def _call(task: Callable[[], bytes]) -> bytes:
@@ -78,7 +100,7 @@ def preprocess_images(
         if row.mask_key:  # a mask may be larger than its image (same aspect): its own size
             mask_budget = pixel_budget(getattr(row, "mask_width", None), getattr(row, "mask_height", None))
             tasks[f"masks/{row.image_id}"] = partial(_preprocess_mask_file, raw_files[row.mask_key], config,
-                                                     mask_budget, row.mask_key)
+                                                     mask_budget, row.mask_key, _image_size(row))
     return LazyResults(_call, tasks, ComputeConfig.from_params(compute), what="preprocessing (images and masks)")
 
 
