@@ -242,3 +242,24 @@ def test_k_fold_is_refused_for_a_transfer_model_rather_than_ignored():
     data = {**CLASSIFICATION_DATA_DEFAULTS, "classes": ["normal", "covid"], "cross_validation": True}
     with pytest.raises(ValueError, match="data.cross_validation is not wired for transfer models"):
         transfer_and_fine_tune(pd.DataFrame(), None, {}, {}, data)
+
+
+def test_k_fold_trains_each_fold_on_undersampled_images_like_the_final_model(monkeypatch):
+    from covid_imaging.pipelines.classification import nodes
+
+    classes = ["normal", "covid"]
+    labels = ["normal"] * 30 + ["covid"] * 10
+    inputs = pd.DataFrame({"image_id": [f"i{k}" for k in range(40)], "label": labels, "split": "train",
+                           "cv_fold": [k % 2 for k in range(40)], "in_training_sample": True})
+    data = {**CLASSIFICATION_DATA_DEFAULTS, "classes": classes, "undersample": True, "seed": 1}
+    trained_on = []
+
+    def fit(model, model_params, training, train_ds, validation_ds, train_labels):
+        trained_on.append(np.bincount(train_labels, minlength=2).tolist())
+        return model, {"val_loss": [0.5], "val_accuracy": [0.7]}
+
+    monkeypatch.setattr(nodes, "_fit", fit)
+    monkeypatch.setattr(nodes, "_build", lambda *args: None)
+    monkeypatch.setattr(nodes, "_dataset", lambda *args: None)
+    nodes.cross_validate(inputs, {}, {}, data)
+    assert trained_on == [[5, 5], [5, 5]]  # each fold's 15 normal and 5 COVID films, balanced

@@ -36,6 +36,7 @@ from covid_imaging.classification.training import (
     fine_tune_two_phase,
     make_classification_dataset,
     train_classifier,
+    undersample_indices,
 )
 from covid_imaging.classification.transfer import transfer_weights
 from covid_imaging.compute import ComputeConfig, LazyResults, ordered_map
@@ -340,6 +341,8 @@ def cross_validate(
     for fold in folds:
         seed_everything(int(data["seed"]) + fold)
         fold_train = development[development["cv_fold"].astype(int) != fold]
+        if data["undersample"]:  # as the final model's training split; the held-out fold keeps its prevalence
+            fold_train = fold_train.iloc[undersample_indices(_labels(fold_train, data), int(data["seed"]) + fold)]
         fold_validation = development[development["cv_fold"].astype(int) == fold]
         model = _build(model_params, data, training)
         _, history = _fit(model, model_params, training, _dataset(fold_train, data, True),
