@@ -24,3 +24,12 @@ def test_every_image_recursively_and_bad_files_reported():
     assert (manifest["mask_key"] == "").all()
     assert list(rejected["file"]) == ["new/ward1/empty.png"]
     assert rejected["severity"].tolist() == ["error"]
+
+
+def test_an_empty_source_names_the_inference_settings():
+    import pytest
+
+    from covid_imaging.pipelines.ingestion.nodes import IngestionError
+
+    with pytest.raises(IngestionError, match=r"No images found in 'nowhere'.*the folder is inference.source"):
+        build_inference_manifest({}, {"source": "nowhere"})

@@ -39,7 +39,7 @@ from covid_imaging.inference.outputs import (
     qc_counts,
 )
 from covid_imaging.inference.report import report_pieces
-from covid_imaging.pipelines.ingestion.nodes import REJECTED_COLUMNS, build_manifest
+from covid_imaging.pipelines.ingestion.nodes import REJECTED_COLUMNS, IngestionError, build_manifest
 from covid_imaging.registry import load_registry
 from covid_imaging.segmentation._params import merge_params
 
@@ -114,7 +114,13 @@ def ingestion_params(params: Mapping[str, Any]) -> dict[str, Any]:
 def build_inference_manifest(raw_files: Loaders, params: dict[str, Any],
                              compute: dict[str, Any] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The images of the source with ingestion's validation: bad files are listed, the run goes on."""
-    return build_manifest(raw_files, ingestion_params(resolve_inference_params(params)), compute)
+    try:
+        return build_manifest(raw_files, ingestion_params(resolve_inference_params(params)), compute)
+    except IngestionError as error:  # ingestion's hints name the training settings
+        raise IngestionError(
+            f"{error} For inference, the folder is inference.source and its layout inference.layout "
+            "(kedro run --pipeline=inference --params=inference.source=<folder>,inference.layout=<layout>)."
+        ) from None
 
 
 def select_models(model_store: ModelStore, params: Mapping[str, Any]) -> InferenceModels:
