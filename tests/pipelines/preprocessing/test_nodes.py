@@ -43,3 +43,18 @@ def test_a_smaller_mask_lands_where_its_image_does_when_padded():
     results = preprocess_images(manifest, raw, {"resize": {"size": 256, "mode": "pad"}}, {"backend": "serial"})
     reference, from_small = decode_gray(results["masks/full"]()), decode_gray(results["masks/small"]())
     np.testing.assert_array_equal(from_small, reference)  # squared alone, it sat a row off
+
+
+def test_an_output_root_that_is_not_the_catalog_folder_is_refused(tmp_path):
+    from covid_imaging.pipelines.preprocessing.nodes import build_model_input_table
+
+    (tmp_path / "real" / "images").mkdir(parents=True)
+    (tmp_path / "real" / "images" / "a.png").write_bytes(encode_png(chest_like_image((32, 32), 1)))
+    manifest = pd.DataFrame({"image_id": ["a"], "image_key": ["a.png"], "mask_key": [""], "image_uri": ["a.png"],
+                             "mask_uri": [""], "width": [32], "height": [32], "site": ["s"], "is_synthetic": [False]})
+    splits = pd.DataFrame({"image_id": ["a"], "split": ["train"]})
+    saved = {"images/a": lambda: b""}
+    table = build_model_input_table(manifest, splits, saved, {"output_root": str(tmp_path / "real")})
+    assert table["image_path"].tolist() == [f"{tmp_path}/real/images/a.png"]
+    with pytest.raises(FileNotFoundError, match=r"preprocessing.output_root .*elsewhere' does not hold"):
+        build_model_input_table(manifest, splits, saved, {"output_root": str(tmp_path / "elsewhere")})

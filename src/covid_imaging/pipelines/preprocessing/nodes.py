@@ -14,6 +14,7 @@ larger ``ingestion.max_pixels`` is preprocessed instead of failing the run.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -123,4 +124,10 @@ def build_model_input_table(
     missing = [image_id for image_id in table["image_id"] if f"images/{image_id}" not in available]
     if missing:
         raise FileNotFoundError(f"{len(missing)} preprocessed images missing under {root}, e.g. {missing[:3]}")
+    # output_root repeats the catalog's preprocessed_images path: a local root must hold them
+    if "://" not in root and len(table) and not os.path.exists(table["image_path"].iloc[0]):
+        raise FileNotFoundError(
+            f"preprocessing.output_root {root!r} does not hold the preprocessed images "
+            f"({table['image_path'].iloc[0]} is missing): set it to the catalog's preprocessed_images path"
+        )
     return table
