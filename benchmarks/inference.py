@@ -146,12 +146,12 @@ def _bare(model, raw_files, engine, batch_size: int) -> tuple[float, float, int]
     """(wall s, CPU s, images) of ``predict_on_batch`` alone on the same preprocessed batches."""
     from covid_imaging.imaging.io import decode_gray  # noqa: PLC0415
     from covid_imaging.imaging.preprocessing import preprocess_gray  # noqa: PLC0415
+    from covid_imaging.training.inputs import resize_to_model_input  # noqa: PLC0415
 
     size = int(model.input_shape[1])
-    images = [cv2.resize(preprocess_gray(decode_gray(load()), engine.config), (size, size), interpolation=cv2.INTER_AREA)
-              for load in raw_files.values()]
-    batches = [np.stack(images[i : i + batch_size])[..., None].astype(np.float32) / 255.0
-               for i in range(0, len(images), batch_size)]
+    images = [resize_to_model_input(preprocess_gray(decode_gray(load()), engine.config)[..., None], size).numpy()
+              for load in raw_files.values()]  # the model input the engine makes
+    batches = [np.stack(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
     model.predict_on_batch(batches[0])  # warm-up (graph tracing)
     wall, cpu = time.perf_counter(), _cpu()
     for batch in batches:
