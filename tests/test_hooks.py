@@ -142,3 +142,27 @@ def test_no_registered_pipeline_passes_a_declared_memory_dataset_between_process
         catalog = session.load_context().catalog
     for name, registered in pipelines.items():
         assert memory_datasets_crossing_processes(registered, catalog) == [], name
+
+
+def test_a_long_lived_worker_follows_each_driver_runs_child_runs(monkeypatch):
+    """A Dask worker keeps one hook for run after run and never sees before_pipeline_run:
+    a second driver run's ids (from the environment) replace the first's."""
+    import json
+
+    from covid_imaging.hooks import RUNS_ENV, ModelRunTrackingHook
+
+    hook = ModelRunTrackingHook()
+    for run_id in ("run-a", "run-b"):
+        monkeypatch.setenv(RUNS_ENV, json.dumps({"tracking_uri": "sqlite:///unused.db", "driver_pid": -1,
+                                                 "runs": {"segmentation.unet": run_id, "segmentation.fcn": f"{run_id}-fcn"}}))
+        assert hook._child_run("segmentation.unet") == run_id
+        assert hook._child_run("segmentation.fcn") == f"{run_id}-fcn"
+        assert hook._child_run("segmentation.unet") == run_id  # the same run: the cache stays
+
+
+def test_the_run_summary_never_shows_a_tracking_password():
+    from covid_imaging.hooks import without_password
+
+    assert without_password("postgresql://ml:s3cret@db.example:5432/mlflow") == "postgresql://ml:***@db.example:5432/mlflow"
+    assert without_password("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
+    assert without_password("http://tracking:5000") == "http://tracking:5000"

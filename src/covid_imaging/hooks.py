@@ -39,6 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 import pandas as pd
@@ -179,12 +180,19 @@ class ModelRunTrackingHook:
         return self._client
 
     def _child_run(self, namespace: str) -> str | None:
+        shared = json.loads(os.environ.get(RUNS_ENV) or "{}")  # the driver created the runs
+        # only in the driver's worker processes (never the driver itself, or a later run in it)
+        from_driver = shared.get("driver_pid") != os.getpid() and namespace in shared.get("runs", {})
+        if from_driver and shared["runs"] != getattr(self, "_driver_runs", None):
+            # A long-lived worker (a Dask cluster) serves run after run and never sees
+            # before_pipeline_run: a new driver run's ids replace the old ones, client included.
+            self._runs, self._versions, self._node_started = {}, {}, {}
+            self._client, self._client_pid = None, None
+            self._driver_runs = shared["runs"]
         if namespace in self._runs:
             self._mlflow_client()
             return self._runs[namespace]
-        shared = json.loads(os.environ.get(RUNS_ENV) or "{}")  # the driver created the runs
-        # only in the driver's worker processes (never the driver itself, or a later run in it)
-        if shared.get("driver_pid") != os.getpid() and namespace in shared.get("runs", {}):
+        if from_driver:
             self._mlflow_client(shared.get("tracking_uri"))
             self._runs[namespace] = shared["runs"][namespace]
             return self._runs[namespace]
@@ -362,16 +370,24 @@ class ModelRunTrackingHook:
         for namespace, seconds in self._durations.items():
             lines.append(f"{namespace}: its nodes took {format_duration(seconds)} (MLflow run {self._runs[namespace]})")
         if self._runs:
-            lines.append(
-                f"MLflow experiment '{self._experiment}' in {mlflow.get_tracking_uri()}: "
-                "mlflow ui --backend-store-uri sqlite:///mlflow.db"
-            )
+            uri = without_password(mlflow.get_tracking_uri())
+            lines.append(f"MLflow experiment '{self._experiment}' in {uri}: mlflow ui --backend-store-uri {uri}")
         logger.info("Run summary\n  %s", "\n  ".join(lines))
 
     @hook_impl
     def on_pipeline_error(self) -> None:
         if self._open:
             self._close_runs(RunStatus.to_string(RunStatus.FAILED))
+
+
+def without_password(uri: str) -> str:
+    """``uri`` with the password of a ``user:password@`` part replaced (for logs)."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class MemoryDatasetAcrossProcessesError(DatasetError):
@@ -398,7 +414,7 @@ class ParallelRunnerCatalogCheck:
     would cross processes (Kedro pickles it into each process, so the consumer would read
     an empty copy), naming the datasets and the fix."""
 
-    @hook_impl
+    @hook_impl(tryfirst=True)  # before kedro-mlflow opens a parent run that nothing would close
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
         if "ParallelRunner" not in str(run_params.get("runner") or ""):
             return
