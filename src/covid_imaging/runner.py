@@ -93,7 +93,10 @@ def _run_node_on_worker(node, catalog, is_async: bool, run_id: str | None, envir
     from kedro.framework.hooks.manager import _create_hook_manager, _register_hooks  # noqa: PLC0415
     from kedro.framework.project import PACKAGE_NAME, configure_project, settings  # noqa: PLC0415
 
-    os.environ.update(environment)  # the MLflow child runs created by the driver
+    # The MLflow child runs created by this run's driver; none left from an earlier run
+    # (a worker outlives runs) when this one has tracking off.
+    os.environ.pop(RUNS_ENV, None)
+    os.environ.update(environment)
     if PACKAGE_NAME != "covid_imaging":
         configure_project("covid_imaging")
     hook_manager = _create_hook_manager()
