@@ -123,6 +123,36 @@ def test_lazy_results_in_a_dask_worker_use_its_threads_from_any_thread():
         assert client.submit(_lazy_squares_read_by_another_thread, 7).result(timeout=120) == [i * i for i in range(7)]
 
 
+def _inside_a_worker() -> tuple[bool, list[int], set[str]]:
+    """In a (daemonic) Dask worker: a fresh-process call, the processes backend, the serial backend."""
+    import os
+    import threading
+
+    from covid_imaging.compute import call_in_fresh_process
+
+    same_process = call_in_fresh_process(os.getpid) == os.getpid()
+    squares = list(ordered_map(partial(_square_after, 0.0), range(5), {"backend": "processes", "n_workers": 2}))
+    names = set(ordered_map(lambda _: threading.current_thread().name, range(4),
+                            {"backend": "serial", "dask": {"scheduler_address": "local"}}))
+    return same_process, squares, names
+
+
+@pytest.mark.slow
+def test_process_backends_fall_back_inside_a_daemonic_dask_worker():
+    """A Dask worker may not start processes: fresh-process calls and the processes backend
+    run in it instead of failing, and serial stays one item at a time in the task's thread."""
+    import threading
+
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        same_process, squares, names = client.submit(_inside_a_worker).result(timeout=120)
+    assert same_process and squares == [0, 1, 4, 9, 16]
+    assert len(names) == 1 and not next(iter(names)).startswith("compute")
+    assert threading.current_thread().name == "MainThread"
+
+
 @pytest.mark.slow
 def test_dask_local_cluster_gives_the_same_results():
     config = {"chunk_size": 4, "dask": {"scheduler_address": "local", "n_workers": 2}}

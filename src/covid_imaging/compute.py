@@ -212,13 +212,14 @@ def _executor(config: ComputeConfig) -> tuple[Executor, bool, int]:
     Inside a Dask worker the map runs on the local backend, in that worker's process
     (``compute.n_workers`` threads or processes; default every core the process may
     use): the worker already is the cluster's unit of work, and a LocalCluster cannot
-    start inside it.
+    start inside it. A daemonic process (a Dask worker by default) cannot start
+    processes either: ``processes`` becomes threads there.
     """
     if config.uses_dask and not inside_dask_worker():
         client = dask_client(config)
         n_threads = sum(client.nthreads().values()) or config.dask_n_workers
         return client.get_executor(pure=False), False, n_threads
-    if config.backend == "processes":
+    if config.backend == "processes" and not multiprocessing.current_process().daemon:
         context = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
         return ProcessPoolExecutor(max_workers=config.workers, mp_context=context), True, config.workers
     return ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="compute"), True, config.workers
@@ -237,6 +238,11 @@ def call_in_fresh_process(function: Callable[..., R], *args: Any, **kwargs: Any)
     dozens of networks in one process would outgrow the machine. ``function`` and its
     arguments must be picklable; the child logs this process's log level to stderr.
     """
+    if multiprocessing.current_process().daemon:
+        # A daemonic process (a Dask worker) may not start children: the call stays here.
+        logger.warning("%s runs in this process: a daemonic process (a Dask worker) cannot start a fresh one",
+                       getattr(function, "__name__", function))
+        return function(*args, **kwargs)
     context = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
     level = logging.getLogger().getEffectiveLevel()
     with ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_log_to_stderr,
@@ -256,7 +262,7 @@ def ordered_map(
     started are cancelled when the consumer stops early.
     """
     config = ComputeConfig.from_params(config) if not isinstance(config, ComputeConfig) else config
-    if config.backend == "serial" and not config.uses_dask:
+    if config.backend == "serial" and (not config.uses_dask or inside_dask_worker()):
         yield from map(function, items)  # one item at a time, in this thread
         return
     executor, owned, parallelism = _executor(config)
