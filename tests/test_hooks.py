@@ -166,3 +166,36 @@ def test_the_run_summary_never_shows_a_tracking_password():
     assert without_password("postgresql://ml:s3cret@db.example:5432/mlflow") == "postgresql://ml:***@db.example:5432/mlflow"
     assert without_password("sqlite:///mlflow.db") == "sqlite:///mlflow.db"
     assert without_password("http://tracking:5000") == "http://tracking:5000"
+
+
+KILLED_RUN = """
+import sys
+import mlflow
+from kedro.pipeline import node, pipeline
+from covid_imaging.hooks import ModelRunTrackingHook
+
+mlflow.set_tracking_uri(sys.argv[1])
+mlflow.set_experiment("interrupted")
+model = pipeline(pipeline([node(abs, "a", "b", name="train")]), namespace="segmentation.unet")
+hook = ModelRunTrackingHook()
+mlflow.start_run(run_name="segmentation")
+hook.before_pipeline_run(run_params={"pipeline_names": ["segmentation"], "runner": None}, pipeline=model)
+hook.before_node_run(next(iter(model.nodes)), {})
+raise KeyboardInterrupt  # Ctrl-C in the middle of training: Kedro calls no error hook
+"""
+
+
+def test_a_run_cut_short_leaves_no_child_run_running(tmp_path):
+    import subprocess
+    import sys
+
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = subprocess.run([sys.executable, "-c", KILLED_RUN, uri], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode != 0 and "KeyboardInterrupt" in result.stderr
+    mlflow.set_tracking_uri(uri)
+    runs = {run.info.run_name: run.info.status for run in mlflow.search_runs(search_all_experiments=True,
+                                                                              output_format="list")}
+    assert runs["segmentation.unet"] == "KILLED"

@@ -30,6 +30,7 @@ pipeline ends (so there a run spans the whole pipeline).
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import math
@@ -146,6 +147,9 @@ class ModelRunTrackingHook:
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline) -> None:
         self._runs, self._open, self._durations, self._versions, self._node_started = {}, {}, {}, {}, {}
+        if not getattr(self, "_exit_handler", False):  # once per hook and process
+            atexit.register(self._kill_open_runs)
+            self._exit_handler = True
         # Settings hold one hook for the process: a client from an earlier run (another
         # project's tracking URI, e.g. a previous session in the same process) must not be reused.
         self._client, self._client_pid = None, None
@@ -349,6 +353,11 @@ class ModelRunTrackingHook:
         else:
             logger.info("MLflow run '%s' (%s) %s", namespace, run_id, status.lower())
         client.set_terminated(run_id, status)
+
+    def _kill_open_runs(self) -> None:
+        """At exit: runs still open were cut short (Ctrl-C, SIGTERM), which Kedro reports to no hook."""
+        if self._open:
+            self._close_runs(RunStatus.to_string(RunStatus.KILLED))
 
     def _close_runs(self, status: str) -> None:
         for namespace in list(self._open):  # only the process that created a run ends it
