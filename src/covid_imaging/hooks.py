@@ -357,7 +357,10 @@ class ModelRunTrackingHook:
     def _kill_open_runs(self) -> None:
         """At exit: runs still open were cut short (Ctrl-C, SIGTERM), which Kedro reports to no hook."""
         if self._open:
-            self._close_runs(RunStatus.to_string(RunStatus.KILLED))
+            try:
+                self._close_runs(RunStatus.to_string(RunStatus.KILLED))
+            except Exception as error:  # noqa: BLE001 - at exit, a tracking store that is gone is not an error
+                logger.warning("Could not mark the open MLflow runs as killed: %s", error)
 
     def _close_runs(self, status: str) -> None:
         for namespace in list(self._open):  # only the process that created a run ends it
