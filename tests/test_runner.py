@@ -150,6 +150,21 @@ def test_a_memory_dataset_that_cannot_travel_is_named():
         close_dask_clients()
 
 
+def test_two_runs_on_one_cluster_keep_their_own_shared_values():
+    from covid_imaging.compute import ComputeConfig, dask_client
+
+    client = dask_client(ComputeConfig.from_params({"dask": {"scheduler_address": "local", "n_workers": 1}}))
+    try:
+        first, second = _DaskDataset("grouped_splits", "run-1"), _DaskDataset("grouped_splits", "run-2")
+        first.save("splits of run 1")
+        second.save("splits of run 2")
+        assert (first.load(), second.load()) == ("splits of run 1", "splits of run 2")
+        first.release()
+        assert second.load() == "splits of run 2" and client.list_datasets() == ("run-2:grouped_splits",)
+    finally:
+        close_dask_clients()
+
+
 def test_data_preparation_runs_with_the_processes_backend(kedro_project):
     run_kedro(kedro_project, "data_preparation", params={**TINY, "compute.backend": "processes", "compute.n_workers": 2})
     assert (kedro_project / "data/05_model_input/synthetic_demo/model_input_table.csv").exists()

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import uuid
 from collections import Counter
 from dataclasses import replace
 from itertools import chain
@@ -47,10 +48,12 @@ class DistributedDatasetError(DatasetError):
 
 
 class _DaskDataset(AbstractDataset):
-    """A memory-only dataset published on the Dask scheduler under its name."""
+    """A memory-only dataset published on the Dask scheduler under ``<run>:<name>``: two
+    runs sharing one cluster never read or release each other's values."""
 
-    def __init__(self, name: str) -> None:
-        self._name = name
+    def __init__(self, name: str, run: str = "") -> None:
+        self.name = name  # the catalog's
+        self._name = f"{run}:{name}" if run else name  # the scheduler's
 
     @staticmethod
     def _client():
@@ -66,7 +69,7 @@ class _DaskDataset(AbstractDataset):
             pickle.dumps(data)
         except Exception as error:  # noqa: BLE001 - any pickling failure means it cannot travel
             raise DistributedDatasetError(
-                f"Dataset '{self._name}' is memory-only and its value ({type(data).__name__}) cannot be sent to "
+                f"Dataset '{self.name}' is memory-only and its value ({type(data).__name__}) cannot be sent to "
                 f"other Dask workers ({error}). Give it a catalog entry on storage every worker reaches "
                 f"(a shared file system or abfs://)."
             ) from error
@@ -129,35 +132,45 @@ class DaskRunner(AbstractRunner):
         return None
 
     def _client(self, catalog):
+        """``(client, owned)``: a client this run made itself is closed at its end."""
         from distributed import Client  # noqa: PLC0415
 
         if self._client_args:
-            return Client(**self._client_args)
+            return Client(**self._client_args), True
         params = catalog.load("params:compute") if "params:compute" in catalog else None
         config = ComputeConfig.from_params(params)
         if config.uses_dask:
             from covid_imaging.compute import dask_client  # noqa: PLC0415
 
-            return dask_client(config)
+            return dask_client(config), False  # shared with the per-image maps: closed at exit
         import dask  # noqa: PLC0415
 
         if dask.config.get("scheduler-address", None):
-            return Client()  # DASK_SCHEDULER_ADDRESS, Dask's own setting
+            return Client(), True  # DASK_SCHEDULER_ADDRESS, Dask's own setting
         from covid_imaging.compute import dask_client  # noqa: PLC0415
 
-        return dask_client(replace(config, scheduler_address="local"))
+        return dask_client(replace(config, scheduler_address="local")), False
 
     @staticmethod
-    def _share_memory_datasets(pipeline, catalog) -> None:
-        for name in memory_datasets_between_nodes(pipeline, catalog):
-            catalog[name] = _DaskDataset(name)
+    def _share_memory_datasets(pipeline, catalog, run: str) -> list[_DaskDataset]:
+        shared = [_DaskDataset(name, run) for name in memory_datasets_between_nodes(pipeline, catalog)]
+        for dataset in shared:
+            catalog[dataset.name] = dataset
+        return shared
 
     def _run(self, pipeline, catalog, hook_manager=None, run_id: str | None = None) -> None:
+        client, owned = self._client(catalog)
+        try:
+            self._run_on(client, pipeline, catalog, run_id)
+        finally:
+            if owned:
+                client.close()
+
+    def _run_on(self, client, pipeline, catalog, run_id: str | None) -> None:
         from distributed import as_completed  # noqa: PLC0415
 
-        client = self._client(catalog)
         _check_workers_see_the_project(client)
-        self._share_memory_datasets(pipeline, catalog)
+        shared = self._share_memory_datasets(pipeline, catalog, run_id or uuid.uuid4().hex)
         environment = {RUNS_ENV: os.environ[RUNS_ENV]} if RUNS_ENV in os.environ else {}
         nodes = pipeline.nodes
         load_counts = Counter(chain.from_iterable(node.inputs for node in nodes))
@@ -181,3 +194,6 @@ class DaskRunner(AbstractRunner):
             for future in futures.values():
                 future.cancel()
             raise
+        finally:  # nothing of this run stays in the scheduler's memory
+            for dataset in shared:
+                dataset.release()
