@@ -199,3 +199,30 @@ def test_a_run_cut_short_leaves_no_child_run_running(tmp_path):
     runs = {run.info.run_name: run.info.status for run in mlflow.search_runs(search_all_experiments=True,
                                                                               output_format="list")}
     assert runs["segmentation.unet"] == "KILLED"
+
+
+def test_after_a_failure_in_another_process_the_models_that_finished_stay_finished(tmp_path, monkeypatch):
+    """Under ParallelRunner the driver never sees a model end (its workers do): when one
+    model fails, a model whose every node logged its time is FINISHED, not FAILED."""
+    import time
+
+    import mlflow
+
+    from covid_imaging.hooks import ModelRunTrackingHook
+
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("parallel_failure")
+    template = pipeline([node(_identity, "a", "b", name="train"), node(_identity, "b", "c", name="evaluate")])
+    models = pipeline(template, namespace="segmentation.unet") + pipeline(template, namespace="segmentation.fcn")
+    hook = ModelRunTrackingHook()
+    with mlflow.start_run(run_name="segmentation"):
+        hook.before_pipeline_run(run_params={"pipeline_names": ["segmentation"], "runner": "ParallelRunner"},
+                                 pipeline=models)
+        client = mlflow.MlflowClient()
+        for name in ("train", "evaluate"):  # what the workers log for the U-Net's two nodes
+            client.log_metric(hook._runs["segmentation.unet"], f"node_seconds.{name}", 1.0, int(time.time() * 1000))
+        client.log_metric(hook._runs["segmentation.fcn"], "node_seconds.train", 1.0, int(time.time() * 1000))
+        hook.on_pipeline_error()  # the FCN's evaluate failed
+        status = {name: client.get_run(run_id).info.status for name, run_id in hook._runs.items()}
+    assert status == {"segmentation.unet": "FINISHED", "segmentation.fcn": "FAILED"}

@@ -343,8 +343,15 @@ class ModelRunTrackingHook:
     def _end_run(self, namespace: str, status: str) -> None:
         run_id = self._open.pop(namespace)
         client = self._mlflow_client()
-        per_node = [value for key, value in client.get_run(run_id).data.metrics.items()
-                    if key.startswith(f"{NODE_SECONDS}.")]
+        metrics = client.get_run(run_id).data.metrics
+        per_node = [value for key, value in metrics.items() if key.startswith(f"{NODE_SECONDS}.")]
+        nodes = {name.rsplit(".", 1)[-1] for name in self._remaining.get(namespace, ())}
+        if status == RunStatus.to_string(RunStatus.FAILED) and nodes and all(
+            f"{NODE_SECONDS}.{name}" in metrics for name in nodes
+        ):
+            # every node of this model ran (in another process, which logged its time):
+            # another model's failure does not make this one failed
+            status = RunStatus.to_string(RunStatus.FINISHED)
         if per_node:
             seconds = self._durations[namespace] = sum(per_node)
             client.log_metric(run_id, NODE_SECONDS, seconds, int(time.time() * 1000), 0)
